@@ -44,8 +44,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     let start = Instant::now();
     let extract = |split: &str| -> Result<Features> {
-        let mut generator = datagen.flow_from_directory(data.join(split), (150, 150), 20, ClassMode::Binary)?;
-        extract_features(&conv_base, &mut generator)
+        let generator = datagen.flow_from_directory(data.join(split), (150, 150), 20, ClassMode::Binary)?;
+        extract_features(&conv_base, &generator)
     };
     let (train, validation, test) = (extract("train")?, extract("validation")?, extract("test")?);
     let extract_s = start.elapsed().as_secs_f64();

@@ -89,7 +89,10 @@ impl Metric {
     pub fn labels(self, smooth: Option<f64>) -> (String, String) {
         let key = self.key();
         match smooth {
-            Some(_) => (format!("Smoothed training {key}"), format!("Smoothed validation {key}")),
+            Some(_) => (
+                format!("Smoothed training {key}"),
+                format!("Smoothed validation {key}"),
+            ),
             None => (format!("Training {key}"), format!("Validation {key}")),
         }
     }
@@ -145,12 +148,26 @@ impl Curves<'_> {
         if epochs == 0 {
             bail!("\"{}\": both series are empty, nothing to plot", self.title);
         }
-        let finite = self.training.iter().chain(self.validation).copied().filter(|v| v.is_finite());
-        let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let finite = self
+            .training
+            .iter()
+            .chain(self.validation)
+            .copied()
+            .filter(|v| v.is_finite());
+        let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
         if lo > hi {
-            bail!("\"{}\": no finite value to plot (all NaN or infinite)", self.title);
+            bail!(
+                "\"{}\": no finite value to plot (all NaN or infinite)",
+                self.title
+            );
         }
-        let pad = if hi > lo { (hi - lo) * 0.06 } else { lo.abs().max(1.0) * 0.05 };
+        let pad = if hi > lo {
+            (hi - lo) * 0.06
+        } else {
+            lo.abs().max(1.0) * 0.05
+        };
         let y_range = (lo - pad)..(hi + pad);
         // Epochs are 1-based, as Chollet's `range(1, len(acc) + 1)`.
         let x_range = 0.5..(epochs as f64 + 0.5);
@@ -186,18 +203,30 @@ impl Curves<'_> {
         };
         if !self.training.is_empty() {
             chart
-                .draw_series(points(self.training).into_iter().map(|p| Circle::new(p, 4, BLUE.filled())))?
+                .draw_series(
+                    points(self.training)
+                        .into_iter()
+                        .map(|p| Circle::new(p, 4, BLUE.filled())),
+                )?
                 .label(self.training_label)
                 .legend(|(x, y)| Circle::new((x + 10, y), 4, BLUE.filled()));
         }
         if !self.validation.is_empty() {
             chart
-                .draw_series(LineSeries::new(points(self.validation), BLUE.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    points(self.validation),
+                    BLUE.stroke_width(2),
+                ))?
                 .label(self.validation_label)
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
         }
         // Accuracy usually rises and loss falls: put the legend where the curves are not.
-        let ends = |s: &[f64]| (s.iter().copied().find(|v| v.is_finite()), s.iter().copied().rfind(|v| v.is_finite()));
+        let ends = |s: &[f64]| {
+            (
+                s.iter().copied().find(|v| v.is_finite()),
+                s.iter().copied().rfind(|v| v.is_finite()),
+            )
+        };
         let (first, last) = match ends(self.training) {
             (Some(f), Some(l)) => (f, l),
             _ => match ends(self.validation) {
@@ -205,7 +234,11 @@ impl Curves<'_> {
                 _ => (lo, hi),
             },
         };
-        let position = if last >= first { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight };
+        let position = if last >= first {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperRight
+        };
         chart
             .configure_series_labels()
             .position(position)
@@ -278,7 +311,12 @@ impl Prepared {
 }
 
 fn check_history(history: &History, smooth: Option<f64>) -> Result<()> {
-    let History { loss, acc, val_loss, val_acc } = history;
+    let History {
+        loss,
+        acc,
+        val_loss,
+        val_acc,
+    } = history;
     if loss.is_empty() && acc.is_empty() && val_loss.is_empty() && val_acc.is_empty() {
         bail!(
             "the History is empty (no epoch recorded): fit the model for at least one epoch \
@@ -287,7 +325,9 @@ fn check_history(history: &History, smooth: Option<f64>) -> Result<()> {
     }
     if let Some(factor) = smooth {
         if !(0.0..1.0).contains(&factor) {
-            bail!("smoothing factor {factor} is out of range: use 0 <= factor < 1 (Chollet uses 0.8)");
+            bail!(
+                "smoothing factor {factor} is out of range: use 0 <= factor < 1 (Chollet uses 0.8)"
+            );
         }
     }
     Ok(())
@@ -301,7 +341,12 @@ fn check_history(history: &History, smooth: Option<f64>) -> Result<()> {
 /// A metric without any value (a model compiled without `acc`) is skipped; an empty
 /// history is an error. Each file is written to a temporary name and then renamed, so a
 /// reader never sees half a file.
-pub fn plot_history(history: &History, smooth: Option<f64>, out_dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+pub fn plot_history(
+    history: &History,
+    smooth: Option<f64>,
+    out_dir: &Path,
+    stem: &str,
+) -> Result<Vec<PathBuf>> {
     check_history(history, smooth)?;
     fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut written = Vec::new();
@@ -334,7 +379,8 @@ pub fn history_png(history: &History, smooth: Option<f64>) -> Result<Vec<u8>> {
             if prepared.is_empty() {
                 let (w, h) = area.dim_in_pixel();
                 let text = format!("{}: sin datos", prepared.title);
-                let style = TextStyle::from(("sans-serif", 18).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
+                let style = TextStyle::from(("sans-serif", 18).into_font())
+                    .pos(Pos::new(HPos::Center, VPos::Center));
                 area.draw_text(&text, &style, (w as i32 / 2, h as i32 / 2))?;
             } else {
                 prepared.curves().draw(area)?;
@@ -390,9 +436,18 @@ fn register_fonts() {
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| -> std::io::Result<()> {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -444,8 +499,14 @@ mod tests {
     fn writes_png_and_svg_of_accuracy_and_loss() {
         let dir = tempfile::tempdir().unwrap();
         let written = plot_history(&history(30), None, dir.path(), "fe").unwrap();
-        let names: Vec<_> = written.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
-        assert_eq!(names, ["fe_acc.png", "fe_acc.svg", "fe_loss.png", "fe_loss.svg"]);
+        let names: Vec<_> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["fe_acc.png", "fe_acc.svg", "fe_loss.png", "fe_loss.svg"]
+        );
         for path in &written {
             assert!(path.starts_with(dir.path()));
         }
@@ -458,7 +519,10 @@ mod tests {
         let svg = fs::read_to_string(dir.path().join("fe_loss.svg")).unwrap();
         assert!(svg.contains("Pérdida de entrenamiento y validación"));
         // No temporary file is left behind.
-        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left.len(), 4, "{left:?}");
     }
 
@@ -478,7 +542,8 @@ mod tests {
         let decoded = image::load_from_memory(&png).unwrap().to_rgb8();
         // Something blue was drawn in each half (the curves), the corners stay white.
         let blue = |x0: u32, x1: u32| {
-            (x0..x1).any(|x| (0..decoded.height()).any(|y| decoded.get_pixel(x, y).0 == [0, 0, 255]))
+            (x0..x1)
+                .any(|x| (0..decoded.height()).any(|y| decoded.get_pixel(x, y).0 == [0, 0, 255]))
         };
         assert!(blue(0, PANELS_SIZE.0 / 2) && blue(PANELS_SIZE.0 / 2, PANELS_SIZE.0));
         assert_eq!(decoded.get_pixel(0, 0).0, [255, 255, 255]);
@@ -486,12 +551,20 @@ mod tests {
 
     #[test]
     fn one_epoch_and_missing_validation_still_plot() {
-        let h = History { loss: vec![0.7], acc: vec![0.5], ..Default::default() };
+        let h = History {
+            loss: vec![0.7],
+            acc: vec![0.5],
+            ..Default::default()
+        };
         let png = history_png(&h, None).unwrap();
         assert_eq!(png_size(&png), PANELS_SIZE);
         // A model compiled without `acc`: only the loss figures.
         let dir = tempfile::tempdir().unwrap();
-        let h = History { loss: vec![0.7, 0.6], val_loss: vec![0.8, 0.75], ..Default::default() };
+        let h = History {
+            loss: vec![0.7, 0.6],
+            val_loss: vec![0.8, 0.75],
+            ..Default::default()
+        };
         let written = plot_history(&h, None, dir.path(), "x").unwrap();
         assert_eq!(written.len(), 2);
         assert!(written[0].ends_with("x_loss.png"));
@@ -500,9 +573,16 @@ mod tests {
 
     #[test]
     fn non_finite_values_are_skipped() {
-        let h = History { loss: vec![0.7, f64::NAN, 0.5], acc: vec![0.5, 0.6, f64::INFINITY], ..Default::default() };
+        let h = History {
+            loss: vec![0.7, f64::NAN, 0.5],
+            acc: vec![0.5, 0.6, f64::INFINITY],
+            ..Default::default()
+        };
         history_png(&h, None).unwrap();
-        let h = History { loss: vec![f64::NAN], ..Default::default() };
+        let h = History {
+            loss: vec![f64::NAN],
+            ..Default::default()
+        };
         let err = history_png(&h, None).unwrap_err().to_string();
         assert!(err.contains("no finite value"), "{err}");
     }
@@ -510,10 +590,17 @@ mod tests {
     #[test]
     fn empty_history_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = plot_history(&History::default(), None, dir.path(), "e").unwrap_err().to_string();
+        let err = plot_history(&History::default(), None, dir.path(), "e")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("History is empty"), "{err}");
-        assert!(fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written");
-        let err = history_png(&History::default(), Some(0.8)).unwrap_err().to_string();
+        assert!(
+            fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "nothing written"
+        );
+        let err = history_png(&History::default(), Some(0.8))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("History is empty"), "{err}");
         let err = history_png(&history(3), Some(1.5)).unwrap_err().to_string();
         assert!(err.contains("out of range"), "{err}");

@@ -46,15 +46,15 @@ pub fn weights_fingerprint(model: &Sequential) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Runs `conv_base` once over every image of `generator` (one epoch, in file
-/// order), with a progress bar; loads the result from the cache when the
+/// Runs `conv_base` once over every image of `generator` (in file order), with a progress bar; loads the result from the cache when the
 /// weights, files and preprocessing are unchanged.
-pub fn extract_features(conv_base: &Sequential, generator: &mut DirectoryIterator) -> Result<Features> {
+pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -> Result<Features> {
     let key = {
         let mut h = Sha256::new();
         h.update(weights_fingerprint(conv_base));
         h.update(generator.content_key()?);
-        h.update(format!("{:?}", conv_base.input_shape()));
+        // Preprocessing, image size and order change the features too.
+        h.update(format!("{:?} {:?} {:?}", generator.generator(), generator.target_size(), conv_base.input_shape()));
         hex::encode(h.finalize())
     };
     let path = crate::paths::cache_dir().join("features").join(format!("{}.safetensors", &key[..32]));
@@ -74,8 +74,10 @@ pub fn extract_features(conv_base: &Sequential, generator: &mut DirectoryIterato
     bar.set_message("extracting features");
     let _guard = tch::no_grad_guard();
     let (mut features, mut labels) = (Vec::new(), Vec::new());
-    for batch in generator.epoch_batches() {
-        let (x, y) = batch?;
+    // File order (not the generator's shuffled order): features[i] is filenames()[i].
+    let order: Vec<usize> = (0..n).collect();
+    for indices in order.chunks(generator.batch_size()) {
+        let (x, y) = generator.load_batch(indices)?;
         // NCHW → Keras's (N, H, W, C), the order Flatten uses.
         let maps = conv_base.forward_t(&x, false).permute([0, 2, 3, 1]).to_device(Device::Cpu).contiguous();
         bar.inc(x.size()[0] as u64);

@@ -194,6 +194,20 @@ fn images_to_tensor_layout_is_nchw() {
 }
 
 #[test]
+fn preprocessing_apply_matches_the_batches() {
+    // `Preprocessing::apply` (for tensors, e.g. after augmentation) and the
+    // fused copy in `images_to_tensor` must agree.
+    let imgs: Vec<RgbImage> =
+        (0..3u8).map(|i| RgbImage::from_fn(5, 4, |x, y| Rgb([i * 40 + x as u8, y as u8 * 30, 255 - i]))).collect();
+    let raw = images_to_tensor(&imgs, &Preprocessing::Rescale(1.0));
+    for pre in [Preprocessing::Rescale(1.0 / 255.0), Preprocessing::Caffe] {
+        let fused = images_to_tensor(&imgs, &pre);
+        let diff = (pre.apply(&raw) - &fused).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{pre:?}: {diff}");
+    }
+}
+
+#[test]
 fn nearest_resize_picks_pillows_pixels() {
     // A 10x1 strip of distinct greys resized to 4x1: Pillow's NEAREST takes
     // columns 1, 3, 6, 8 (floor((x + 0.5) * 2.5)).
@@ -615,4 +629,55 @@ fn decode_speed_real_data() {
     }
     let secs = start.elapsed().as_secs_f64();
     println!("epoch of batches of 20 (tensors included): {n} images in {secs:.2} s = {:.0} img/s", n as f64 / secs);
+}
+
+#[test]
+#[ignore]
+fn tmp_profile_batches() {
+    let dir = real_data().unwrap().join("train");
+    let it = raw().flow_from_directory(&dir, (150, 150), 20, ClassMode::Binary).unwrap();
+    let (mut td, mut tt, mut tl) = (0.0, 0.0, 0.0);
+    for b in 0..50 {
+        let paths: Vec<PathBuf> = it.filepaths()[b * 20..(b + 1) * 20].to_vec();
+        let t = std::time::Instant::now();
+        let imgs = decode_all(&paths, (150, 150)).unwrap();
+        td += t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let x = images_to_tensor(&imgs, &Preprocessing::Rescale(1.0 / 255.0));
+        tt += t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let idx: Vec<usize> = (b * 20..(b + 1) * 20).collect();
+        let _ = it.load_batch(&idx).unwrap();
+        tl += t.elapsed().as_secs_f64();
+        drop(x);
+    }
+    println!("1000 imgs: decode {td:.2}s tensor {tt:.3}s load_batch {tl:.2}s");
+}
+
+#[test]
+#[ignore]
+fn tmp_profile_tensor() {
+    let imgs: Vec<RgbImage> = (0..20).map(|i| solid(150, 150, [i as u8, 3, 4])).collect();
+    for threads in [0, 1] {
+        if threads == 1 { tch::set_num_threads(1); }
+        let mut t = [0f64; 5];
+        for _ in 0..50 {
+            let s = std::time::Instant::now();
+            let mut buf = Vec::new();
+            for im in &imgs { buf.extend_from_slice(im.as_raw()); }
+            let a = Tensor::from_slice(&buf).view([20, 150, 150, 3]);
+            t[0] += s.elapsed().as_secs_f64(); let s = std::time::Instant::now();
+            let b = a.permute([0, 3, 1, 2]);
+            let c = b.to_kind(Kind::Float);
+            t[1] += s.elapsed().as_secs_f64(); let s = std::time::Instant::now();
+            let d = &c * (1.0 / 255.0);
+            t[2] += s.elapsed().as_secs_f64(); let s = std::time::Instant::now();
+            let e = d.contiguous();
+            t[3] += s.elapsed().as_secs_f64(); let s = std::time::Instant::now();
+            let f = a.to_kind(Kind::Float).permute([0, 3, 1, 2]).contiguous();
+            t[4] += s.elapsed().as_secs_f64();
+            drop((e, f));
+        }
+        println!("threads {} (torch {}): from_slice {:.1}ms permute+kind {:.1}ms mul {:.1}ms contig {:.1}ms alt {:.1}ms", threads, tch::get_num_threads(), t[0]*20.0, t[1]*20.0, t[2]*20.0, t[3]*20.0, t[4]*20.0);
+    }
 }

@@ -86,36 +86,9 @@ fn freezing_the_conv_base() {
     assert!(summary.to_string().contains("vgg16 (Model)"));
 }
 
-/// Two well separated blobs: the head must learn them, the same way twice.
-fn blobs(n: i64) -> (Tensor, Tensor) {
-    let y = Tensor::arange(n, (Kind::Float, Device::Cpu)).remainder(2);
-    let x = Tensor::randn([n, 8192], (Kind::Float, Device::Cpu)) + y.view([-1, 1]) * 0.5;
-    (x, y)
-}
-
-#[test]
-fn fit_learns_and_is_deterministic() {
-    let run = || {
-        aula::train::seed(3);
-        let (x, y) = blobs(200);
-        let (xv, yv) = blobs(100);
-        let mut model = dense_head();
-        model.compile(RMSprop::new(2e-5), "binary_crossentropy", &["acc"]).unwrap();
-        let history = model.fit(&x, &y, 4, 20, Some((&xv, &yv))).unwrap();
-        (history, model.evaluate(&xv, &yv, 20).unwrap())
-    };
-    let (h1, e1) = run();
-    let (h2, e2) = run();
-    assert_eq!(h1, h2);
-    assert_eq!(e1, e2);
-    assert_eq!(h1.epochs(), 4);
-    assert!(h1.val_acc[3] > 0.9, "{h1:?}");
-    assert!(h1.loss[3] < h1.loss[0], "{h1:?}");
-}
-
 #[test]
 fn fit_needs_compile_and_matching_labels() {
-    let (x, y) = blobs(10);
+    let (x, y) = (Tensor::randn([10, 8192], (Kind::Float, Device::Cpu)), Tensor::zeros([10], (Kind::Float, Device::Cpu)));
     let mut model = dense_head();
     let e = model.fit(&x, &y, 1, 5, None).unwrap_err().to_string();
     assert!(e.contains("compile"), "{e}");

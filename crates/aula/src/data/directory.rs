@@ -198,6 +198,11 @@ impl DirectoryIterator {
         self
     }
 
+    /// `Some(seed)` when shuffling, `None` when batches come in file order.
+    pub fn shuffle_seed(&self) -> Option<u64> {
+        self.shuffle.then_some(self.seed)
+    }
+
     /// Back to the start of epoch 0 (Keras's `reset()`).
     pub fn reset(&mut self) {
         self.start_epoch(0);

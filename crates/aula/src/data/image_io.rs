@@ -57,6 +57,18 @@ impl Preprocessing {
             }
         }
     }
+
+    /// The preprocessing as `out[c] = in[source[c]] * scale + offset[c]` on
+    /// 0..=255 RGB values, so that it can be folded into the u8 -> f32 copy.
+    fn per_channel(&self) -> ([usize; 3], f32, [f32; 3]) {
+        match *self {
+            Preprocessing::Rescale(factor) => ([0, 1, 2], factor, [0.0; 3]),
+            Preprocessing::Caffe => {
+                let m = CAFFE_MEAN_BGR;
+                ([2, 1, 0], 1.0, [-m[0], -m[1], -m[2]])
+            }
+        }
+    }
 }
 
 /// True when the file name ends in one of [`IMAGE_EXTENSIONS`].
@@ -102,8 +114,13 @@ pub fn decode_all(paths: &[PathBuf], target_size: (u32, u32)) -> Result<Vec<RgbI
 /// Stacks same-sized RGB images into one float tensor (N, 3, H, W) on the CPU,
 /// preprocessed.
 ///
-/// One copy into a contiguous u8 buffer, one `Tensor::from_slice`, then tensor
-/// ops for the layout change and scaling: no per-pixel loop in Rust.
+/// The images are written straight into one f32 NCHW buffer, preprocessing
+/// folded in, in parallel over images, then handed to torch with a single
+/// `Tensor::from_slice`. Doing the layout change and scaling with torch ops
+/// instead (u8 tensor, permute, to float, scale) was measured 10 to 30 times
+/// slower on the 2-core machines (30 ms per batch of 20 when the machine is
+/// busy): torch spreads each small op over its threads, which then wait on
+/// each other.
 ///
 /// # Panics
 /// When the images do not all have the same size (the iterators always resize
@@ -113,7 +130,6 @@ pub fn images_to_tensor(imgs: &[RgbImage], pre: &Preprocessing) -> Tensor {
         return Tensor::zeros([0, 3, 0, 0], (Kind::Float, tch::Device::Cpu));
     };
     let (w, h) = first.dimensions();
-    let mut buf = Vec::with_capacity(imgs.len() * (w * h * 3) as usize);
     for (i, img) in imgs.iter().enumerate() {
         assert_eq!(
             img.dimensions(),
@@ -122,11 +138,20 @@ pub fn images_to_tensor(imgs: &[RgbImage], pre: &Preprocessing) -> Tensor {
             img.dimensions(),
             (w, h)
         );
-        buf.extend_from_slice(img.as_raw());
     }
-    let nhwc = Tensor::from_slice(&buf).view([imgs.len() as i64, h as i64, w as i64, 3]);
-    let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
-    pre.apply(&nchw).contiguous()
+    let plane = (w * h) as usize;
+    let (source, scale, offset) = pre.per_channel();
+    let mut buf = vec![0f32; imgs.len() * 3 * plane];
+    buf.par_chunks_mut(3 * plane).zip(imgs.par_iter()).for_each(|(out, img)| {
+        // Output channel c reads input channel source[c]: one pass per plane.
+        for (c, out_plane) in out.chunks_exact_mut(plane).enumerate() {
+            let (src, scale, offset) = (source[c], scale, offset[c]);
+            for (o, px) in out_plane.iter_mut().zip(img.as_raw().chunks_exact(3)) {
+                *o = f32::from(px[src]) * scale + offset;
+            }
+        }
+    });
+    Tensor::from_slice(&buf).view([imgs.len() as i64, 3, h as i64, w as i64])
 }
 
 /// Decodes bytes of any supported format into RGB.

@@ -115,6 +115,7 @@ impl LayerSpec {
             SpecKind::Conv2D { filters, kernel_size: k } => {
                 let [h, w, c] = input[..] else { bail!("Conv2D needs an (H, W, C) input, got {input:?}") };
                 let kernel = glorot_uniform(&[filters, c, k, k], c * k * k, filters * k * k, device);
+                let kernel = if model.channels_last { super::to_channels_last(&kernel) } else { kernel };
                 let bias = Tensor::zeros([filters], (Kind::Float, device));
                 let kind = LayerKind::Conv2D { filters, kernel_size: k, activation };
                 (kind, vec![("kernel", kernel), ("bias", bias)], vec![h, w, filters], "conv2d")

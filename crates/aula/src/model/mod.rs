@@ -131,6 +131,9 @@ pub struct Sequential {
     input_shape: Option<Vec<i64>>,
     layers: Vec<Layer>,
     device: Device,
+    /// Keep images channels-last (NHWC in memory) through the convolutions:
+    /// libtorch's CPU convolutions run about a third faster that way.
+    channels_last: bool,
     /// Set by `compile`: which weights the optimizer updates (see `train`).
     pub(crate) compiled: Option<crate::train::Compiled>,
 }
@@ -149,6 +152,7 @@ impl Sequential {
             input_shape: None,
             layers: Vec::new(),
             device: crate::device::default_device(),
+            channels_last: true,
             compiled: None,
         }
     }
@@ -246,6 +250,9 @@ impl Sequential {
     /// Runs the model; `train` switches dropout on.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let mut x = x.to_device(self.device);
+        if self.channels_last && x.dim() == 4 {
+            x = to_channels_last(&x);
+        }
         for layer in &self.layers {
             x = layer.forward_t(&x, train);
         }
@@ -261,6 +268,24 @@ impl Sequential {
             .map(|i| self.forward_t(&x.narrow(0, i, batch_size.min(n - i)), false).to_device(Device::Cpu))
             .collect();
         Tensor::cat(&outs, 0)
+    }
+
+    /// Whether convolutions run channels-last (the default) or NCHW; for
+    /// comparisons, since results are the same up to rounding.
+    pub fn set_channels_last(&mut self, on: bool) {
+        let _guard = tch::no_grad_guard();
+        self.channels_last = on;
+        for layer in &mut self.layers {
+            match &mut layer.kind {
+                LayerKind::Model(m) => m.set_channels_last(on),
+                LayerKind::Conv2D { .. } => {
+                    let kernel = &mut layer.weights[0].1;
+                    let relaid = if on { to_channels_last(kernel) } else { kernel.contiguous() };
+                    *kernel = relaid.detach().set_requires_grad(kernel.requires_grad());
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Moves every weight to `device`.
@@ -355,6 +380,13 @@ fn from_keras_layout(kind: &LayerKind, param: &str, t: &Tensor) -> Tensor {
         (LayerKind::Conv2D { .. }, "kernel") => t.permute([3, 2, 0, 1]),
         _ => t.shallow_clone(),
     }
+}
+
+/// The same NCHW tensor, stored NHWC in memory (PyTorch's `channels_last`):
+/// tch has no memory-format argument, but libtorch picks the layout from the
+/// strides, and a permuted contiguous NHWC tensor has exactly those strides.
+pub(crate) fn to_channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 /// Keras's default `glorot_uniform` initialiser.
