@@ -21,7 +21,6 @@
 //! system font is needed.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
@@ -80,7 +79,7 @@ impl Metric {
             Metric::Loss => "Pérdida de entrenamiento y validación",
         };
         match smooth {
-            Some(factor) => format!("{base} (smoothed {factor})"),
+            Some(factor) => format!("{base} (suavizado {})", factor.to_string().replace('.', ",")),
             None => base.to_string(),
         }
     }
@@ -358,10 +357,10 @@ pub fn plot_history(
         let curves = prepared.curves();
         let name = format!("{stem}_{}", metric.key());
         let png = out_dir.join(format!("{name}.png"));
-        write_atomically(&png, &curves.to_png(FIGURE_SIZE)?)?;
+        crate::paths::write_atomic(&png, &curves.to_png(FIGURE_SIZE)?)?;
         written.push(png);
         let svg = out_dir.join(format!("{name}.svg"));
-        write_atomically(&svg, curves.to_svg(FIGURE_SIZE)?.as_bytes())?;
+        crate::paths::write_atomic(&svg, curves.to_svg(FIGURE_SIZE)?.as_bytes())?;
         written.push(svg);
     }
     Ok(written)
@@ -391,7 +390,7 @@ pub fn history_png(history: &History, smooth: Option<f64>) -> Result<Vec<u8>> {
 }
 
 /// Renders on an RGB buffer and encodes it as PNG.
-fn render_png(
+pub(crate) fn render_png(
     (width, height): (u32, u32),
     draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
 ) -> Result<Vec<u8>> {
@@ -432,32 +431,6 @@ fn register_fonts() {
             }
         }
     });
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -531,7 +504,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         plot_history(&history(10), Some(0.8), dir.path(), "s").unwrap();
         let svg = fs::read_to_string(dir.path().join("s_loss.svg")).unwrap();
-        assert!(svg.contains("(smoothed 0.8)"));
+        assert!(svg.contains("(suavizado 0,8)"));
         assert!(svg.contains("Smoothed validation loss"));
     }
 

@@ -9,7 +9,6 @@
 use crate::data::DirectoryIterator;
 use crate::model::Sequential;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -66,12 +65,7 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
     }
 
     let n = generator.samples();
-    let bar = ProgressBar::new(n as u64).with_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message("extracting features");
+    let mut bar = crate::progress::Progress::new(n as u64, "extracting features", "images");
     let _guard = tch::no_grad_guard();
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     // File order (not the generator's shuffled order): features[i] is filenames()[i].
@@ -84,7 +78,7 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
         features.push(maps.to_kind(Kind::Float));
         labels.push(y);
     }
-    bar.finish_and_clear();
+    bar.finish();
     if features.is_empty() {
         bail!("no images to extract features from");
     }

@@ -13,14 +13,17 @@
 pub mod curves;
 pub mod data;
 pub mod device;
+pub mod display;
 pub mod features;
 pub mod metrics;
 pub mod model;
 pub mod paths;
+pub mod progress;
 pub mod train;
 pub mod weights;
 
 pub use anyhow::{Error, Result};
+pub use serde_json;
 pub use tch::{Device, Kind, Tensor};
 
 /// What a notebook or a program usually wants in scope: `use aula::prelude::*;`.
@@ -28,9 +31,11 @@ pub mod prelude {
     pub use crate::curves::{plot_history, smooth_curve};
     pub use crate::data::{ClassMode, DirectoryIterator, ImageDataGenerator, Preprocessing};
     pub use crate::device::{default_device, device_info};
+    pub use crate::display::{ImageGrid, Png};
     pub use crate::features::extract_features;
     pub use crate::model::{vgg16, Dense, Dropout, Flatten, Sequential, VGG16};
     pub use crate::train::{seed, History, RMSprop};
     pub use crate::weights::Weights;
     pub use crate::{Device, Kind, Tensor};
+    pub use serde_json::json;
 }

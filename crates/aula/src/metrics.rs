@@ -19,5 +19,12 @@ pub fn record(path: impl AsRef<Path>, section: &str, value: Value) -> Result<()>
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let json = serde_json::to_vec_pretty(&Value::Object(all))?;
-    crate::paths::write_atomic(path, &json).with_context(|| format!("cannot write {}", path.display()))
+    crate::paths::write_atomic(path, &json)
+}
+
+/// The lesson's metrics file: `$AULA_OUT/metrics.json` (the lesson runner sets
+/// `AULA_OUT` for the kernel), else `out/metrics.json` beside the notebook.
+pub fn lesson_metrics_path() -> std::path::PathBuf {
+    let out = std::env::var_os("AULA_OUT").map(std::path::PathBuf::from).unwrap_or_else(|| "out".into());
+    out.join("metrics.json")
 }

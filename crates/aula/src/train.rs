@@ -55,7 +55,7 @@ impl History {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let json = serde_json::to_vec_pretty(self)?;
-        crate::paths::write_atomic(path, &json).with_context(|| format!("cannot write {}", path.display()))
+        crate::paths::write_atomic(path, &json)
     }
 
     pub fn load(path: impl AsRef<Path>) -> Result<History> {

@@ -43,7 +43,11 @@ fn fixture(n_cats: usize, n_dogs: usize) -> TempDir {
 /// Red values of a batch's images, i.e. which fixture files it holds.
 fn ids(x: &Tensor) -> Vec<i64> {
     let red = x.select(1, 0).select(1, 0).select(1, 0); // pixel (0,0), channel R
-    Vec::<f32>::try_from(red).unwrap().iter().map(|v| (v / 10.0).round() as i64).collect()
+    Vec::<f32>::try_from(red)
+        .unwrap()
+        .iter()
+        .map(|v| (v / 10.0).round() as i64)
+        .collect()
 }
 
 fn floats(t: &Tensor) -> Vec<f32> {
@@ -74,10 +78,15 @@ fn err_text(r: anyhow::Result<impl std::fmt::Debug>) -> String {
 #[test]
 fn finds_classes_counts_and_files() {
     let tmp = fixture(3, 2);
-    let it = raw().flow_from_directory(tmp.path(), (5, 7), 2, ClassMode::Binary).unwrap();
+    let it = raw()
+        .flow_from_directory(tmp.path(), (5, 7), 2, ClassMode::Binary)
+        .unwrap();
     assert_eq!(it.samples(), 5);
     assert_eq!(it.found(), "Found 5 images belonging to 2 classes.");
-    assert_eq!(it.class_indices(), &[("cats".to_string(), 0), ("dogs".to_string(), 1)]);
+    assert_eq!(
+        it.class_indices(),
+        &[("cats".to_string(), 0), ("dogs".to_string(), 1)]
+    );
     assert_eq!(it.class_indices_map()["dogs"], 1);
     assert_eq!(it.classes(), &[0, 0, 0, 1, 1]);
     assert_eq!(it.filenames()[0], PathBuf::from("cats/cats.00.png"));
@@ -102,8 +111,16 @@ fn unshuffled_batches_come_in_file_order_and_wrap_around() {
     }
     assert_eq!(seen[0], (vec![0, 1], vec![0.0, 0.0]));
     assert_eq!(seen[1], (vec![2, 3], vec![0.0, 1.0]));
-    assert_eq!(seen[2], (vec![4], vec![1.0]), "the last batch of an epoch is smaller");
-    assert_eq!(seen[3], (vec![0, 1], vec![0.0, 0.0]), "then the next epoch starts");
+    assert_eq!(
+        seen[2],
+        (vec![4], vec![1.0]),
+        "the last batch of an epoch is smaller"
+    );
+    assert_eq!(
+        seen[3],
+        (vec![0, 1], vec![0.0, 0.0]),
+        "then the next epoch starts"
+    );
     assert_eq!(it.epoch(), 1);
 }
 
@@ -130,9 +147,14 @@ fn binary_needs_two_classes() {
     let tmp = fixture(1, 1);
     save(&solid(4, 4, [0, 0, 0]), &tmp.path().join("birds/b.png"));
     let msg = err_text(raw().flow_from_directory(tmp.path(), (4, 4), 2, ClassMode::Binary));
-    assert!(msg.contains("exactly 2 class folders") && msg.contains("birds"), "{msg}");
+    assert!(
+        msg.contains("exactly 2 class folders") && msg.contains("birds"),
+        "{msg}"
+    );
     // Other modes take any number of classes.
-    let it = raw().flow_from_directory(tmp.path(), (4, 4), 2, ClassMode::Sparse).unwrap();
+    let it = raw()
+        .flow_from_directory(tmp.path(), (4, 4), 2, ClassMode::Sparse)
+        .unwrap();
     assert_eq!(it.class_indices().len(), 3);
 }
 
@@ -159,7 +181,10 @@ fn batch_shape_and_rescale_values() {
             let plane = x.get(n as i64).get(c as i64);
             let (lo, hi) = (plane.min().double_value(&[]), plane.max().double_value(&[]));
             let want = v / 255.0;
-            assert!((lo - want).abs() < 1e-6 && (hi - want).abs() < 1e-6, "image {n} channel {c}");
+            assert!(
+                (lo - want).abs() < 1e-6 && (hi - want).abs() < 1e-6,
+                "image {n} channel {c}"
+            );
         }
     }
 }
@@ -177,7 +202,11 @@ fn caffe_values_are_bgr_minus_imagenet_means() {
     let want = [50.0 - 103.939, 100.0 - 116.779, 200.0 - 123.68];
     for (c, w) in want.iter().enumerate() {
         let plane = floats(&x.get(0).get(c as i64));
-        assert!(plane.iter().all(|v| (v - w).abs() < 1e-3), "channel {c}: {} vs {w}", plane[0]);
+        assert!(
+            plane.iter().all(|v| (v - w).abs() < 1e-3),
+            "channel {c}: {} vs {w}",
+            plane[0]
+        );
     }
 }
 
@@ -197,8 +226,9 @@ fn images_to_tensor_layout_is_nchw() {
 fn preprocessing_apply_matches_the_batches() {
     // `Preprocessing::apply` (for tensors, e.g. after augmentation) and the
     // fused copy in `images_to_tensor` must agree.
-    let imgs: Vec<RgbImage> =
-        (0..3u8).map(|i| RgbImage::from_fn(5, 4, |x, y| Rgb([i * 40 + x as u8, y as u8 * 30, 255 - i]))).collect();
+    let imgs: Vec<RgbImage> = (0..3u8)
+        .map(|i| RgbImage::from_fn(5, 4, |x, y| Rgb([i * 40 + x as u8, y as u8 * 30, 255 - i])))
+        .collect();
     let raw = images_to_tensor(&imgs, &Preprocessing::Rescale(1.0));
     for pre in [Preprocessing::Rescale(1.0 / 255.0), Preprocessing::Caffe] {
         let fused = images_to_tensor(&imgs, &pre);
@@ -243,7 +273,11 @@ fn shuffling_is_seeded_and_changes_each_epoch() {
     assert_ne!(a0, a1, "each epoch has its own order");
     let mut sorted = a0.clone();
     sorted.sort();
-    assert_eq!(sorted, (0..12).collect::<Vec<_>>(), "an epoch shows every image once");
+    assert_eq!(
+        sorted,
+        (0..12).collect::<Vec<_>>(),
+        "an epoch shows every image once"
+    );
     assert_ne!(a0, (0..12).collect::<Vec<_>>(), "shuffled by default");
     assert_ne!(a0, epoch_order(&mut make(7)), "another seed, another order");
 
@@ -251,7 +285,10 @@ fn shuffling_is_seeded_and_changes_each_epoch() {
     a.reset();
     let (x, y) = a.next_batch().unwrap();
     assert_eq!(ids(&x), a0[..5].to_vec());
-    let want: Vec<f32> = ids(&x).iter().map(|&k| if k < 6 { 0.0 } else { 1.0 }).collect();
+    let want: Vec<f32> = ids(&x)
+        .iter()
+        .map(|&k| if k < 6 { 0.0 } else { 1.0 })
+        .collect();
     assert_eq!(floats(&y), want);
 }
 
@@ -274,7 +311,9 @@ fn non_image_files_are_skipped() {
     let tmp = fixture(2, 2);
     fs::write(tmp.path().join("cats/notes.txt"), "not a picture").unwrap();
     fs::write(tmp.path().join("dogs/.DS_Store"), "hidden").unwrap();
-    let it = raw().flow_from_directory(tmp.path(), (5, 7), 2, ClassMode::Binary).unwrap();
+    let it = raw()
+        .flow_from_directory(tmp.path(), (5, 7), 2, ClassMode::Binary)
+        .unwrap();
     assert_eq!(it.samples(), 4);
     assert_eq!(it.skipped(), &[tmp.path().join("cats/notes.txt")]);
 }
@@ -283,14 +322,19 @@ fn non_image_files_are_skipped() {
 fn truncated_jpeg_is_an_error_naming_the_file() {
     let tmp = fixture(2, 2);
     // A noisy JPEG so that it has real scan data to cut.
-    let noisy = RgbImage::from_fn(64, 48, |x, y| Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, (x ^ y) as u8]));
+    let noisy = RgbImage::from_fn(64, 48, |x, y| {
+        Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, (x ^ y) as u8])
+    });
     let path = tmp.path().join("dogs/dog.broken.jpg");
     save(&noisy, &path);
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
 
     let msg = err_text(load_image(&path, (10, 10)));
-    assert!(msg.contains("cannot decode") && msg.contains("dog.broken.jpg"), "{msg}");
+    assert!(
+        msg.contains("cannot decode") && msg.contains("dog.broken.jpg"),
+        "{msg}"
+    );
     assert!(msg.contains("truncated"), "{msg}");
 
     // Through the iterator too: the batch that holds it fails.
@@ -310,7 +354,10 @@ fn zero_byte_file_is_an_error_naming_the_file() {
         .flow_from_directory(tmp.path(), (5, 7), 3, ClassMode::Binary)
         .unwrap();
     let msg = err_text(it.next_batch());
-    assert!(msg.contains(&format!("{} is empty (0 bytes)", path.display())), "{msg}");
+    assert!(
+        msg.contains(&format!("{} is empty (0 bytes)", path.display())),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -319,7 +366,10 @@ fn garbage_with_an_image_extension_is_an_error() {
     let path = tmp.path().join("cat.7.jpg");
     fs::write(&path, b"this is a text file pretending to be a JPEG").unwrap();
     let msg = err_text(load_image(&path, (10, 10)));
-    assert!(msg.contains("cannot decode") && msg.contains("cat.7.jpg"), "{msg}");
+    assert!(
+        msg.contains("cannot decode") && msg.contains("cat.7.jpg"),
+        "{msg}"
+    );
     assert!(msg.contains("not an image file"), "{msg}");
 
     // A real JPEG header with garbage after it.
@@ -328,7 +378,10 @@ fn garbage_with_an_image_extension_is_an_error() {
     bytes.extend_from_slice(&[0x13; 200]);
     fs::write(&path, &bytes).unwrap();
     let msg = err_text(load_image(&path, (10, 10)));
-    assert!(msg.contains("cannot decode") && msg.contains("cat.8.jpg"), "{msg}");
+    assert!(
+        msg.contains("cannot decode") && msg.contains("cat.8.jpg"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -338,7 +391,12 @@ fn decode_all_fails_on_the_broken_file() {
     save(&solid(4, 4, [1, 2, 3]), &good);
     let bad = tmp.path().join("bad.png");
     fs::write(&bad, b"nope").unwrap();
-    assert_eq!(decode_all(&[good.clone(), good.clone()], (2, 2)).unwrap().len(), 2);
+    assert_eq!(
+        decode_all(&[good.clone(), good.clone()], (2, 2))
+            .unwrap()
+            .len(),
+        2
+    );
     let msg = err_text(decode_all(&[good, bad], (2, 2)));
     assert!(msg.contains("bad.png"), "{msg}");
 }
@@ -354,9 +412,16 @@ fn grayscale_becomes_rgb() {
     assert!(img.pixels().all(|p| p.0 == [77, 77, 77]));
 
     let jpg = tmp.path().join("gray.jpg");
-    GrayImage::from_pixel(16, 16, Luma([77])).save(&jpg).unwrap();
+    GrayImage::from_pixel(16, 16, Luma([77]))
+        .save(&jpg)
+        .unwrap();
     let img = load_image(&jpg, (8, 8)).unwrap();
-    assert!(img.pixels().all(|p| p.0.iter().all(|&v| v.abs_diff(77) <= 2)), "{:?}", img.get_pixel(0, 0));
+    assert!(
+        img.pixels()
+            .all(|p| p.0.iter().all(|&v| v.abs_diff(77) <= 2)),
+        "{:?}",
+        img.get_pixel(0, 0)
+    );
 }
 
 #[test]
@@ -365,7 +430,9 @@ fn rgba_png_drops_alpha() {
     // pixel is fully transparent; so do we.
     let tmp = TempDir::new().unwrap();
     let png = tmp.path().join("rgba.png");
-    RgbaImage::from_pixel(5, 5, Rgba([10, 20, 30, 0])).save(&png).unwrap();
+    RgbaImage::from_pixel(5, 5, Rgba([10, 20, 30, 0]))
+        .save(&png)
+        .unwrap();
     let img = load_image(&png, (5, 5)).unwrap();
     assert!(img.pixels().all(|p| p.0 == [10, 20, 30]));
 }
@@ -380,7 +447,11 @@ fn cmyk_jpeg_becomes_rgb() {
     fs::write(&path, cmyk_jpeg([200, 100, 50, 255])).unwrap();
     let img = load_image(&path, (8, 8)).unwrap();
     assert!(
-        img.pixels().all(|p| p.0.iter().zip([200u8, 100, 50]).all(|(&v, w)| v.abs_diff(w) <= 2)),
+        img.pixels().all(|p| p
+            .0
+            .iter()
+            .zip([200u8, 100, 50])
+            .all(|(&v, w)| v.abs_diff(w) <= 2)),
         "{:?}",
         img.get_pixel(0, 0)
     );
@@ -398,7 +469,7 @@ fn cmyk_jpeg(samples: [u8; 4]) -> Vec<u8> {
     let dc_counts = [0u8, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
     let dc_symbols: Vec<u8> = (0..12).collect();
     // Canonical Huffman codes: (code, length) per DC symbol (= bit size).
-    let mut dc_codes = vec![(0u32, 0u32); 12];
+    let mut dc_codes = [(0u32, 0u32); 12];
     let (mut code, mut k) = (0u32, 0usize);
     for (len, &count) in dc_counts.iter().enumerate() {
         for _ in 0..count {
@@ -410,7 +481,11 @@ fn cmyk_jpeg(samples: [u8; 4]) -> Vec<u8> {
     }
 
     let mut out = vec![0xFF, 0xD8];
-    segment(&mut out, 0xEE, &[b'A', b'd', b'o', b'b', b'e', 0, 100, 0, 0, 0, 0, 0]);
+    segment(
+        &mut out,
+        0xEE,
+        &[b'A', b'd', b'o', b'b', b'e', 0, 100, 0, 0, 0, 0, 0],
+    );
     let mut dqt = vec![0u8];
     dqt.extend_from_slice(&[1; 64]);
     segment(&mut out, 0xDB, &dqt);
@@ -453,9 +528,8 @@ fn cmyk_jpeg(samples: [u8; 4]) -> Vec<u8> {
         push(extra, size);
         push(0, 1); // end of block
     }
-    while bits.len() % 8 != 0 {
-        bits.push(true);
-    }
+    // Pad the last byte with 1 bits, as the spec asks.
+    bits.resize(bits.len().div_ceil(8) * 8, true);
     for byte in bits.chunks(8) {
         let b = byte.iter().fold(0u8, |acc, &bit| (acc << 1) | bit as u8);
         out.push(b);
@@ -474,7 +548,10 @@ fn empty_class_folder_is_an_error_naming_it() {
     let tmp = fixture(2, 0);
     fs::create_dir_all(tmp.path().join("dogs")).unwrap();
     let msg = err_text(raw().flow_from_directory(tmp.path(), (5, 7), 2, ClassMode::Binary));
-    assert!(msg.contains(&tmp.path().join("dogs").display().to_string()), "{msg}");
+    assert!(
+        msg.contains(&tmp.path().join("dogs").display().to_string()),
+        "{msg}"
+    );
     assert!(msg.contains("no images"), "{msg}");
 }
 
@@ -484,7 +561,10 @@ fn missing_directory_suggests_the_split_command() {
     let dir = tmp.path().join("cats_and_dogs_small/validation");
     let msg = err_text(raw().flow_from_directory(&dir, (150, 150), 20, ClassMode::Binary));
     assert!(msg.contains(&dir.display().to_string()), "{msg}");
-    assert!(msg.contains("does not exist") && msg.contains("aula split --from"), "{msg}");
+    assert!(
+        msg.contains("does not exist") && msg.contains("aula split --from"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -498,8 +578,13 @@ fn folder_without_class_subfolders_is_an_error() {
 #[test]
 fn images_in_nested_folders_belong_to_the_top_class() {
     let tmp = fixture(1, 1);
-    save(&solid(4, 4, [0, 0, 0]), &tmp.path().join("cats/more/cat.x.png"));
-    let it = raw().flow_from_directory(tmp.path(), (4, 4), 2, ClassMode::Binary).unwrap();
+    save(
+        &solid(4, 4, [0, 0, 0]),
+        &tmp.path().join("cats/more/cat.x.png"),
+    );
+    let it = raw()
+        .flow_from_directory(tmp.path(), (4, 4), 2, ClassMode::Binary)
+        .unwrap();
     assert_eq!(it.classes(), &[0, 0, 1]);
     assert_eq!(it.filenames()[1], PathBuf::from("cats/more/cat.x.png"));
 }
@@ -522,7 +607,11 @@ fn content_key_follows_the_bytes_not_the_location() {
     assert_eq!(ka, key(b.path()), "same files in another folder");
     save(&solid(7, 5, [1, 2, 3]), &b.path().join("dogs/dogs.01.png"));
     assert_ne!(ka, key(b.path()), "one image changed");
-    fs::rename(b.path().join("dogs/dogs.01.png"), b.path().join("cats/zz.png")).unwrap();
+    fs::rename(
+        b.path().join("dogs/dogs.01.png"),
+        b.path().join("cats/zz.png"),
+    )
+    .unwrap();
     assert_ne!(ka, key(b.path()), "labels changed");
 }
 
@@ -537,7 +626,11 @@ fn make_split_copies_chollets_numbers() {
     // Numbers past 1999 exist in Kaggle's folder and must be left alone.
     for prefix in ["cat", "dog"] {
         for i in 0..2010 {
-            fs::write(kaggle.join(format!("{prefix}.{i}.jpg")), format!("{prefix} {i}")).unwrap();
+            fs::write(
+                kaggle.join(format!("{prefix}.{i}.jpg")),
+                format!("{prefix} {i}"),
+            )
+            .unwrap();
         }
     }
     let dest = tmp.path().join("cats_and_dogs_small");
@@ -559,11 +652,17 @@ fn make_split_copies_chollets_numbers() {
     fs::remove_file(kaggle.join("dog.1234.jpg")).unwrap();
     let dest2 = tmp.path().join("second");
     let msg = err_text(make_split(&kaggle, &dest2));
-    assert!(msg.contains("dog.1234.jpg") && msg.contains("1 of the 4000"), "{msg}");
+    assert!(
+        msg.contains("dog.1234.jpg") && msg.contains("1 of the 4000"),
+        "{msg}"
+    );
     assert!(!dest2.exists());
 
     let msg = err_text(make_split(&tmp.path().join("nowhere"), &dest2));
-    assert!(msg.contains("nowhere") && msg.contains("not a directory"), "{msg}");
+    assert!(
+        msg.contains("nowhere") && msg.contains("not a directory"),
+        "{msg}"
+    );
 }
 
 // ---------- the real data, when this machine has it ----------
@@ -628,56 +727,8 @@ fn decode_speed_real_data() {
         n += batch.unwrap().0.size()[0];
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("epoch of batches of 20 (tensors included): {n} images in {secs:.2} s = {:.0} img/s", n as f64 / secs);
-}
-
-#[test]
-#[ignore]
-fn tmp_profile_batches() {
-    let dir = real_data().unwrap().join("train");
-    let it = raw().flow_from_directory(&dir, (150, 150), 20, ClassMode::Binary).unwrap();
-    let (mut td, mut tt, mut tl) = (0.0, 0.0, 0.0);
-    for b in 0..50 {
-        let paths: Vec<PathBuf> = it.filepaths()[b * 20..(b + 1) * 20].to_vec();
-        let t = std::time::Instant::now();
-        let imgs = decode_all(&paths, (150, 150)).unwrap();
-        td += t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let x = images_to_tensor(&imgs, &Preprocessing::Rescale(1.0 / 255.0));
-        tt += t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let idx: Vec<usize> = (b * 20..(b + 1) * 20).collect();
-        let _ = it.load_batch(&idx).unwrap();
-        tl += t.elapsed().as_secs_f64();
-        drop(x);
-    }
-    println!("1000 imgs: decode {td:.2}s tensor {tt:.3}s load_batch {tl:.2}s");
-}
-
-#[test]
-#[ignore]
-fn tmp_profile_tensor() {
-    let imgs: Vec<RgbImage> = (0..20).map(|i| solid(150, 150, [i as u8, 3, 4])).collect();
-    for threads in [0, 1] {
-        if threads == 1 { tch::set_num_threads(1); }
-        let mut t = [0f64; 5];
-        for _ in 0..50 {
-            let s = std::time::Instant::now();
-            let mut buf = Vec::new();
-            for im in &imgs { buf.extend_from_slice(im.as_raw()); }
-            let a = Tensor::from_slice(&buf).view([20, 150, 150, 3]);
-            t[0] += s.elapsed().as_secs_f64(); let s = std::time::Instant::now();
-            let b = a.permute([0, 3, 1, 2]);
-            let c = b.to_kind(Kind::Float);
-            t[1] += s.elapsed().as_secs_f64(); let s = std::time::Instant::now();
-            let d = &c * (1.0 / 255.0);
-            t[2] += s.elapsed().as_secs_f64(); let s = std::time::Instant::now();
-            let e = d.contiguous();
-            t[3] += s.elapsed().as_secs_f64(); let s = std::time::Instant::now();
-            let f = a.to_kind(Kind::Float).permute([0, 3, 1, 2]).contiguous();
-            t[4] += s.elapsed().as_secs_f64();
-            drop((e, f));
-        }
-        println!("threads {} (torch {}): from_slice {:.1}ms permute+kind {:.1}ms mul {:.1}ms contig {:.1}ms alt {:.1}ms", threads, tch::get_num_threads(), t[0]*20.0, t[1]*20.0, t[2]*20.0, t[3]*20.0, t[4]*20.0);
-    }
+    println!(
+        "epoch of batches of 20 (tensors included): {n} images in {secs:.2} s = {:.0} img/s",
+        n as f64 / secs
+    );
 }

@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
-use super::image_io::{decode_all, has_image_extension, images_to_tensor, Preprocessing};
 use super::image_io::IMAGE_EXTENSIONS;
+use super::image_io::{decode_all, has_image_extension, images_to_tensor, Preprocessing};
 
 /// What the labels of a batch look like (Keras's `class_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +32,9 @@ pub enum ClassMode {
 }
 
 /// How images are turned into network inputs (Keras's `ImageDataGenerator`).
-#[derive(Clone, Debug, PartialEq)]
+/// `ImageDataGenerator::default()` is Keras's `ImageDataGenerator()`: values
+/// left in 0..255.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ImageDataGenerator {
     /// Pixel scaling: `rescale=1./255` or VGG16's 'caffe' preprocessing.
     pub preprocessing: Preprocessing,
@@ -41,21 +43,19 @@ pub struct ImageDataGenerator {
     // one place that will apply it.
 }
 
-impl Default for ImageDataGenerator {
-    fn default() -> Self {
-        ImageDataGenerator { preprocessing: Preprocessing::default() }
-    }
-}
-
 impl ImageDataGenerator {
     /// `ImageDataGenerator(rescale=factor)`, e.g. `rescale(1.0 / 255.0)`.
     pub fn rescale(factor: f32) -> Self {
-        ImageDataGenerator { preprocessing: Preprocessing::Rescale(factor) }
+        ImageDataGenerator {
+            preprocessing: Preprocessing::Rescale(factor),
+        }
     }
 
     /// VGG16's own preprocessing (`vgg16.preprocess_input`, 'caffe' mode).
     pub fn caffe() -> Self {
-        ImageDataGenerator { preprocessing: Preprocessing::Caffe }
+        ImageDataGenerator {
+            preprocessing: Preprocessing::Caffe,
+        }
     }
 
     /// `flow_from_directory(directory, target_size=(h, w), batch_size=..., class_mode=...)`.
@@ -70,7 +70,13 @@ impl ImageDataGenerator {
         batch_size: usize,
         class_mode: ClassMode,
     ) -> Result<DirectoryIterator> {
-        DirectoryIterator::new(self.clone(), directory.as_ref(), target_size, batch_size, class_mode)
+        DirectoryIterator::new(
+            self.clone(),
+            directory.as_ref(),
+            target_size,
+            batch_size,
+            class_mode,
+        )
     }
 }
 
@@ -155,7 +161,11 @@ impl DirectoryIterator {
         println!("{}", found_message(filenames.len(), class_names.len()));
 
         let filepaths = filenames.iter().map(|f| directory.join(f)).collect();
-        let class_indices = class_names.into_iter().enumerate().map(|(i, n)| (n, i)).collect();
+        let class_indices = class_names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, i))
+            .collect();
         let mut it = DirectoryIterator {
             generator,
             directory: directory.to_path_buf(),
@@ -332,8 +342,8 @@ impl DirectoryIterator {
             .filepaths
             .par_iter()
             .map(|p| {
-                let bytes = std::fs::read(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?;
+                let bytes =
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
                 Ok(Sha256::digest(&bytes).into())
             })
             .collect::<Result<_>>()?;
@@ -346,8 +356,10 @@ impl DirectoryIterator {
         }
         for ((name, class), digest) in self.filenames.iter().zip(&self.classes).zip(&digests) {
             // '/' separators on every platform, so the key travels.
-            let parts: Vec<String> =
-                name.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+            let parts: Vec<String> = name
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
             h.update(parts.join("/").as_bytes());
             h.update(b"\0");
             h.update(class.to_le_bytes());
@@ -387,7 +399,11 @@ fn labels_tensor(classes: &[i64], mode: ClassMode, num_classes: usize) -> Tensor
 /// Jupyter's `.ipynb_checkpoints`) are not classes.
 fn list_classes(directory: &Path) -> Result<Vec<String>> {
     if !directory.is_dir() {
-        let what = if directory.exists() { "is not a directory" } else { "does not exist" };
+        let what = if directory.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
         bail!(
             "data directory {} {what}. Build Chollet's split (train/validation/test, \
              cats and dogs) from Kaggle's dogs-vs-cats train/ folder with \
@@ -428,9 +444,13 @@ fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("cannot list {}", dir.display()))?;
-    entries.retain(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')));
+    entries.retain(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    });
     entries.sort();
-    let (subdirs, files): (Vec<PathBuf>, Vec<PathBuf>) = entries.into_iter().partition(|p| p.is_dir());
+    let (subdirs, files): (Vec<PathBuf>, Vec<PathBuf>) =
+        entries.into_iter().partition(|p| p.is_dir());
     out.extend(files);
     for sub in subdirs {
         walk_files(&sub, out)?;

@@ -21,7 +21,7 @@ pub mod split;
 
 pub use directory::{ClassMode, DirectoryIterator, ImageDataGenerator};
 pub use image_io::{
-    decode_all, has_image_extension, images_to_tensor, load_image, Preprocessing,
-    CAFFE_MEAN_BGR, IMAGE_EXTENSIONS,
+    decode_all, has_image_extension, images_to_tensor, load_image, Preprocessing, CAFFE_MEAN_BGR,
+    IMAGE_EXTENSIONS,
 };
 pub use split::{default_data_dir, make_split};

@@ -10,8 +10,11 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
 /// Chollet's split: (folder, first image number, one past the last).
-pub const SPLITS: [(&str, usize, usize); 3] =
-    [("train", 0, 1000), ("validation", 1000, 1500), ("test", 1500, 2000)];
+pub const SPLITS: [(&str, usize, usize); 3] = [
+    ("train", 0, 1000),
+    ("validation", 1000, 1500),
+    ("test", 1500, 2000),
+];
 
 /// Class folders and the Kaggle file prefix of each class.
 pub const CLASSES: [(&str, &str); 2] = [("cats", "cat"), ("dogs", "dog")];
@@ -36,16 +39,28 @@ pub fn make_split(kaggle_train: &Path, dest: &Path) -> Result<()> {
         for (class, prefix) in CLASSES {
             for i in first..end {
                 let name = format!("{prefix}.{i}.jpg");
-                copies.push((kaggle_train.join(&name), dest.join(split).join(class).join(name)));
+                copies.push((
+                    kaggle_train.join(&name),
+                    dest.join(split).join(class).join(name),
+                ));
             }
         }
     }
-    let missing: Vec<&PathBuf> = copies.iter().map(|(src, _)| src).filter(|s| !s.is_file()).collect();
+    let missing: Vec<&PathBuf> = copies
+        .iter()
+        .map(|(src, _)| src)
+        .filter(|s| !s.is_file())
+        .collect();
     if !missing.is_empty() {
         let shown: Vec<String> = missing
             .iter()
             .take(5)
-            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         bail!(
             "{} of the {} images the split needs are missing from {} (e.g. {}{}): \
@@ -55,7 +70,11 @@ pub fn make_split(kaggle_train: &Path, dest: &Path) -> Result<()> {
             copies.len(),
             kaggle_train.display(),
             shown.join(", "),
-            if missing.len() > shown.len() { ", …" } else { "" }
+            if missing.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
         );
     }
 
@@ -74,7 +93,10 @@ pub fn make_split(kaggle_train: &Path, dest: &Path) -> Result<()> {
 
     for (split, first, end) in SPLITS {
         let n = end - first;
-        println!("{split}: {n} cats, {n} dogs in {}", dest.join(split).display());
+        println!(
+            "{split}: {n} cats, {n} dogs in {}",
+            dest.join(split).display()
+        );
     }
     Ok(())
 }
@@ -96,7 +118,10 @@ pub fn default_data_dir() -> Option<PathBuf> {
         .chain(std::iter::once(PathBuf::from(env!("CARGO_MANIFEST_DIR"))));
     for start in starts {
         for ancestor in start.ancestors() {
-            let candidate = ancestor.join("shared").join("data").join("cats_and_dogs_small");
+            let candidate = ancestor
+                .join("shared")
+                .join("data")
+                .join("cats_and_dogs_small");
             if candidate.is_dir() {
                 return Some(candidate);
             }

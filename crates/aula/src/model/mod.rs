@@ -11,7 +11,7 @@ mod summary;
 mod vgg16;
 
 pub use layers::{Dense, Dropout, Flatten, LayerSpec};
-pub use summary::Summary;
+pub use summary::{thousands, Summary};
 pub use vgg16::{vgg16, VGG16};
 
 use crate::weights::NamedTensors;

@@ -1,0 +1,86 @@
+//! HTML renderings through `jupyter nbconvert --to html` (from aula's Jupyter venv when
+//! there is one). Optional: without nbconvert the runner warns and goes on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long one nbconvert may take.
+const NBCONVERT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `jupyter-nbconvert`, looked for in `$AULA_JUPYTER_PREFIX/bin`, then in aula's venv
+/// (`${AULA_CACHE:-~/.cache/aula}/venv-jupyter/bin`, made by
+/// `scripts/setup-jupyter-venv.sh`), then on `PATH`.
+pub fn find_nbconvert() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(prefix) = crate::kernelspec::prefix() {
+        candidates.push(prefix.join("bin/jupyter-nbconvert"));
+    }
+    candidates.push(default_venv().join("bin/jupyter-nbconvert"));
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("jupyter-nbconvert")));
+    }
+    candidates.into_iter().find(|c| is_executable(c))
+}
+
+/// `${AULA_CACHE:-$HOME/.cache/aula}/venv-jupyter`.
+pub fn default_venv() -> PathBuf {
+    let cache = std::env::var_os("AULA_CACHE")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/aula")
+        });
+    cache.join("venv-jupyter")
+}
+
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+/// Renders `ipynb` to `html` (atomically: nbconvert writes into a temporary folder
+/// beside `html`, then the file is renamed into place).
+pub async fn render(nbconvert: &Path, ipynb: &Path, html: &Path) -> Result<(), String> {
+    let dir = html.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".nbconvert-")
+        .tempdir_in(dir)
+        .map_err(|e| format!("cannot create a temporary folder in {}: {e}", dir.display()))?;
+    let stem = "rendered";
+    let mut cmd = tokio::process::Command::new(nbconvert);
+    cmd.arg("--to")
+        .arg("html")
+        .arg("--log-level=WARN")
+        .arg("--output-dir")
+        .arg(tmp.path())
+        .arg("--output")
+        .arg(stem)
+        .arg(ipynb)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = match tokio::time::timeout(NBCONVERT_TIMEOUT, cmd.output()).await {
+        Err(_) => return Err(format!("{} took over {} s", nbconvert.display(), NBCONVERT_TIMEOUT.as_secs())),
+        Ok(Err(e)) => return Err(format!("cannot run {}: {e}", nbconvert.display())),
+        Ok(Ok(o)) => o,
+    };
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "{} failed ({}):\n{}",
+            nbconvert.display(),
+            output.status,
+            tail.join("\n")
+        ));
+    }
+    std::fs::rename(tmp.path().join(format!("{stem}.html")), html)
+        .map_err(|e| format!("cannot move the HTML to {}: {e}", html.display()))
+}

@@ -1,0 +1,128 @@
+//! Rich output in Jupyter. evcxr shows a cell's last value through its
+//! `evcxr_display` method, which prints `EVCXR_BEGIN_CONTENT <mime>` blocks; a
+//! value may give several MIME types (the notebook picks the richest).
+
+use crate::model::Summary;
+use crate::train::History;
+use anyhow::{bail, Result};
+use base64::Engine;
+use plotters::prelude::*;
+use tch::{Kind, Tensor};
+
+fn emit(mime: &str, content: &str) {
+    println!("EVCXR_BEGIN_CONTENT {mime}\n{content}\nEVCXR_END_CONTENT");
+}
+
+fn emit_png(png: &[u8]) {
+    emit("image/png", &base64::engine::general_purpose::STANDARD.encode(png));
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+impl Summary {
+    /// Keras's table as HTML, with the text table as the plain-text fallback.
+    pub fn to_html(&self) -> String {
+        let mut html = format!(
+            "<table><caption>Model: \"{}\"</caption><thead><tr><th>Layer (type)</th><th>Output Shape</th>\
+             <th>Param #</th></tr></thead><tbody>",
+            escape(&self.name)
+        );
+        for (layer, shape, params) in &self.rows {
+            html.push_str(&format!(
+                "<tr><td><code>{}</code></td><td><code>{}</code></td><td style=\"text-align:right\">{}</td></tr>",
+                escape(layer),
+                escape(shape),
+                crate::model::thousands(*params)
+            ));
+        }
+        html.push_str(&format!(
+            "</tbody></table><p>Total params: {}<br>Trainable params: {}<br>Non-trainable params: {}</p>",
+            crate::model::thousands(self.total_params),
+            crate::model::thousands(self.trainable_params),
+            crate::model::thousands(self.non_trainable_params)
+        ));
+        html
+    }
+
+    pub fn evcxr_display(&self) {
+        emit("text/html", &self.to_html());
+        emit("text/plain", &self.to_string());
+    }
+}
+
+/// A picture (PNG bytes) that shows itself in a notebook.
+#[derive(Clone, Debug)]
+pub struct Png(pub Vec<u8>);
+
+impl Png {
+    pub fn evcxr_display(&self) {
+        emit_png(&self.0);
+    }
+}
+
+impl History {
+    /// Accuracy and loss side by side; `smooth: Some(0.8)` for the slide
+    /// "Gráficas" (exponentially smoothed curves).
+    pub fn plot(&self, smooth: Option<f64>) -> Result<Png> {
+        crate::curves::history_png(self, smooth).map(Png)
+    }
+
+    /// A History as a cell's last value shows its raw curves.
+    pub fn evcxr_display(&self) {
+        match self.plot(None) {
+            Ok(png) => png.evcxr_display(),
+            Err(e) => emit("text/plain", &format!("{e:#}")),
+        }
+    }
+}
+
+/// A grid of images with a caption under each, as PNG: a batch from a
+/// `DirectoryIterator`, augmented versions of one picture, test predictions.
+#[derive(Clone, Debug)]
+pub struct ImageGrid(pub Png);
+
+impl ImageGrid {
+    /// `images`: (N, 3, H, W) RGB in [0, 1] (the slides' rescale 1/255).
+    /// `captions`: one per image, or none.
+    pub fn new(images: &Tensor, captions: &[String], columns: usize) -> Result<ImageGrid> {
+        let size = images.size();
+        let [n, 3, h, w] = size[..] else { bail!("expected images (N, 3, H, W), got {size:?}") };
+        if !captions.is_empty() && captions.len() != n as usize {
+            bail!("{n} images but {} captions", captions.len());
+        }
+        let columns = columns.clamp(1, n.max(1) as usize);
+        let rows = (n as usize).div_ceil(columns);
+        let caption_h = if captions.is_empty() { 0 } else { 22 };
+        let (cell_w, cell_h) = (w as u32 + 8, h as u32 + 8 + caption_h);
+        let pixels: Vec<u8> = Vec::try_from(
+            (images.to_device(tch::Device::Cpu).to_kind(Kind::Float).clamp(0.0, 1.0) * 255.0)
+                .round()
+                .to_kind(Kind::Uint8)
+                .permute([0, 2, 3, 1])
+                .contiguous()
+                .flatten(0, -1),
+        )?;
+        let per_image = (h * w * 3) as usize;
+        let png = crate::curves::render_png((cell_w * columns as u32, cell_h * rows as u32), |root| {
+            for i in 0..n as usize {
+                let (x, y) = (((i % columns) as u32 * cell_w + 4) as i32, ((i / columns) as u32 * cell_h + 4) as i32);
+                let rgb = &pixels[i * per_image..(i + 1) * per_image];
+                let element = plotters::element::BitMapElement::with_owned_buffer((x, y), (w as u32, h as u32), rgb.to_vec())
+                    .ok_or_else(|| anyhow::anyhow!("image buffer of the wrong size"))?;
+                root.draw(&element)?;
+                if let Some(caption) = captions.get(i) {
+                    let style = ("sans-serif", 14).into_font().color(&BLACK);
+                    root.draw_text(caption, &style, (x, y + h as i32 + 4))?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(ImageGrid(Png(png)))
+    }
+
+    pub fn evcxr_display(&self) {
+        self.0.evcxr_display();
+    }
+}

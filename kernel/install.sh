@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Install the Jupyter kernel "Rust · aula" (`make kernel`). Idempotent and quick when
+# nothing changed.
+#
+#  1. evcxr_jupyter 0.22.0 (`cargo install --locked`, ≈ 15 min on 2 cores, once);
+#  2. ${AULA_CACHE:-~/.cache/aula}/kernel/: config/ (EVCXR_CONFIG_DIR: init.evcxr with the
+#     `:dep aula = { path = ... }` line, prelude.rs), kernel.env, and template/: an evcxr
+#     build directory in which evcxr itself has compiled aula and all its dependencies.
+#     It is rebuilt when its fingerprint changes (aula's sources, Cargo.lock, rustc, evcxr,
+#     libtorch, these scripts), starting from the previous template so that only what
+#     changed is recompiled;
+#  3. the kernelspec `aula` ("Rust · aula") in the user's Jupyter data dir
+#     ($JUPYTER_DATA_DIR or ~/.local/share/jupyter), whose argv is kernel/launch.sh.
+#
+#   kernel/install.sh [--python PY] [--force]
+#     PY: a Python with jupyter_client (default: the venv of scripts/setup-jupyter-venv.sh)
+#     --force: rebuild the template from scratch
+set -euo pipefail
+
+EVCXR_VERSION=0.22.0
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${AULA_CACHE:-$HOME/.cache/aula}
+home=$cache/kernel
+python=
+force=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --python) python=$2; shift 2 ;;
+    --force) force=1; shift ;;
+    *) echo "usage: $0 [--python PY] [--force]" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "kernel: $*"; }
+
+# --- 1. evcxr_jupyter -------------------------------------------------------------------
+cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
+evcxr=$cargo_bin/evcxr_jupyter
+if ! { [ -x "$evcxr" ] && cargo install --list 2>/dev/null | grep -qx "evcxr_jupyter v$EVCXR_VERSION:"; }; then
+  say "installing evcxr_jupyter $EVCXR_VERSION (cargo install --locked; ≈ 15 min on 2 cores, once)"
+  cargo install --locked "evcxr_jupyter@$EVCXR_VERSION"
+fi
+cargo_dir=$(dirname "$(command -v cargo)")
+
+# --- 2. libtorch, Python --------------------------------------------------------------
+if [ ! -e "$repo/.libtorch/lib/libtorch_cpu.so" ]; then
+  echo "kernel: libtorch is missing at $repo/.libtorch (run \`make libtorch\` first)" >&2
+  exit 1
+fi
+libtorch=$(readlink -f "$repo/.libtorch")
+if [ -z "$python" ]; then
+  python=$(bash "$repo/scripts/setup-jupyter-venv.sh" | tail -n 1)/bin/python
+fi
+"$python" -c 'import jupyter_client' 2>/dev/null || {
+  echo "kernel: $python has no jupyter_client" >&2; exit 1; }
+
+mkdir -p "$home/config" "$home/run"
+exec 7> "$home/install.lock"
+if ! flock -n 7; then
+  say "another install is running; waiting for it"
+  flock 7
+fi
+: >> "$home/template.lock"
+
+# --- 3. configuration (what every kernel reads) ----------------------------------------
+sed "s|@AULA_CRATE@|$repo/crates/aula|g" "$repo/kernel/init.evcxr" > "$home/config/init.evcxr.tmp"
+mv "$home/config/init.evcxr.tmp" "$home/config/init.evcxr"
+cp "$repo/kernel/prelude.rs" "$home/config/prelude.rs.tmp"
+mv "$home/config/prelude.rs.tmp" "$home/config/prelude.rs"
+cat > "$home/kernel.env.tmp" <<EOF
+# Written by kernel/install.sh; read by kernel/launch.sh.
+EVCXR_JUPYTER=$evcxr
+CARGO_BIN_DIR=$cargo_dir
+LIBTORCH=$libtorch
+EOF
+mv "$home/kernel.env.tmp" "$home/kernel.env"
+
+# --- 4. the template -------------------------------------------------------------------
+fingerprint() {
+  {
+    echo "evcxr $EVCXR_VERSION $(stat -c '%s %Y' "$evcxr")"
+    rustc -vV
+    cargo -V
+    echo "libtorch $libtorch"
+    (cd "$repo" && sha256sum Cargo.toml Cargo.lock kernel/init.evcxr kernel/prelude.rs \
+       kernel/install.sh kernel/launch.sh kernel/build-template.py)
+    # Content and modification time: cargo rebuilds on a newer mtime even if the content is
+    # the same (a checkout), and every kernel would then recompile aula.
+    (cd "$repo/crates/aula" && find . -path ./target -prune -o -type f -printf '%P %T@\n' | LC_ALL=C sort \
+       && find . -path ./target -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+  } | sha256sum | cut -d' ' -f1
+}
+want=$(fingerprint)
+have=$(cat "$home/template.fingerprint" 2>/dev/null || true)
+if [ -z "$force" ] && [ -f "$home/template/.complete" ] && [ "$want" = "$have" ]; then
+  say "template up to date ($home/template)"
+else
+  new=$home/template.new
+  rm -rf "$new" "$new.env0"
+  mkdir -p "$new"
+  if [ -z "$force" ] && [ -f "$home/template/.complete" ]; then
+    say "aula or the toolchain changed: rebuilding the template from the previous one"
+    AULA_KERNEL_COPY=link bash "$repo/kernel/copy-template.sh" "$home/template" "$new"
+    rm -f "$new/.complete"
+  fi
+  # Start from the workspace's lock file: the kernel gets the dependency versions the
+  # tests ran with (cargo drops what aula does not use), and needs no network.
+  cp "$repo/Cargo.lock" "$new/Cargo.lock"
+  t0=$(date +%s)
+  "$python" "$repo/kernel/build-template.py" --home "$home" --dir "$new"
+  # Per-cell libraries of the build kernel: no use to anyone.
+  find "$new/target" -name 'libcode_*.so' -delete
+  # What the dependencies' fingerprints depend on: the variables their build scripts
+  # watch (rerun-if-env-changed) and those rustc recorded for env!/option_env!. Kernels get
+  # them with the values the template was built with, whatever environment Jupyter has.
+  "$python" - "$new" "$new.env0" > "$home/build-env.tmp" <<'EOF'
+import glob, os, re, sys
+new, env0 = sys.argv[1], sys.argv[2]
+env = dict(e.split("=", 1) for e in open(env0, "rb").read().decode("utf-8", "replace").split("\0") if "=" in e)
+names = set()
+for out in glob.glob(os.path.join(new, "target", "**", "build", "*", "output"), recursive=True):
+    for line in open(out, encoding="utf-8", errors="replace"):
+        m = re.match(r"cargo::?rerun-if-env-changed=(.+)", line.strip())
+        if m:
+            names.add(m.group(1))
+for d in glob.glob(os.path.join(new, "target", "**", "deps", "*.d"), recursive=True):
+    for line in open(d, encoding="utf-8", errors="replace"):
+        m = re.match(r"# env-dep:([^=\s]+)", line)
+        if m:
+            names.add(m.group(1))
+# Cargo sets these itself for each unit, or they are the launcher's own.
+skip = re.compile(r"^(CARGO|CARGO_.*|OUT_DIR|TARGET|HOST|NUM_JOBS|OPT_LEVEL|DEBUG|PROFILE|RUSTC|RUSTC_.*|RUSTDOC|DEP_.*|EVCXR_.*|PATH|LD_LIBRARY_PATH|LIBTORCH.*|TORCH_CUDA_VERSION)$")
+for n in sorted(names):
+    if skip.match(n) or "\n" in env.get(n, ""):
+        continue
+    print(f"{n}={env[n]}" if n in env else f"-{n}")
+EOF
+  mv "$home/build-env.tmp" "$home/build-env"
+  touch "$new/.complete"
+  rm -f "$new.env0"
+  # Swap it in; a kernel copying the old one finishes first (shared lock in launch.sh).
+  (
+    flock -x 8
+    rm -rf "$home/template.old"
+    [ -d "$home/template" ] && mv "$home/template" "$home/template.old"
+    mv "$new" "$home/template"
+    echo "$want" > "$home/template.fingerprint"
+  ) 8< "$home/template.lock"
+  rm -rf "$home/template.old"
+  say "template built in $(( $(date +%s) - t0 )) s: $(du -sh "$home/template" | cut -f1) in $home/template"
+fi
+
+# --- 5. the kernelspec -----------------------------------------------------------------
+data_dir=${JUPYTER_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/jupyter}
+spec=$data_dir/kernels/aula
+mkdir -p "$spec"
+"$python" - "$spec/kernel.json" "$repo/kernel/launch.sh" "$home" <<'EOF'
+import json, sys
+path, launch, home = sys.argv[1:]
+spec = {
+    "argv": [launch, home, "{connection_file}"],
+    "display_name": "Rust · aula",
+    "language": "rust",
+    "interrupt_mode": "message",
+    "metadata": {"aula": {"kernel_home": home}},
+}
+with open(path + ".tmp", "w") as f:
+    json.dump(spec, f, indent=2, ensure_ascii=False)
+    f.write("\n")
+import os
+os.replace(path + ".tmp", path)
+EOF
+# evcxr's logos, when its sources are at hand.
+for logo in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/evcxr_jupyter-"$EVCXR_VERSION"/third_party/rust/rust-logo-{32x32,64x64}.png; do
+  [ -f "$logo" ] && cp "$logo" "$spec/$(basename "$logo" | sed 's/^rust-//')"
+done
+say "kernelspec \"Rust · aula\" in $spec"
