@@ -41,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
             32,
             ClassMode::Binary,
         )?;
-        files.extend(generator.filenames().iter().cloned());
+        files.extend(generator.filepaths().iter().cloned());
     }
     let start = Instant::now();
     let images = aula::data::decode_all(&files, (150, 150))?;

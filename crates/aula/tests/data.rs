@@ -565,6 +565,8 @@ fn missing_directory_suggests_the_split_command() {
         msg.contains("does not exist") && msg.contains("aula split --from"),
         "{msg}"
     );
+    let to = format!("--to {}`", tmp.path().join("cats_and_dogs_small").display());
+    assert!(msg.contains(&to), "{msg}");
 }
 
 #[test]

