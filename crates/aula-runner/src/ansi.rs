@@ -50,9 +50,18 @@ mod tests {
 
     #[test]
     fn strips_colours_and_links() {
-        assert_eq!(strip("\u{1b}[0;31mZeroDivisionError\u{1b}[0m: x"), "ZeroDivisionError: x");
-        assert_eq!(strip("\u{1b}[1m\u{1b}[38;5;9merror[E0308]\u{1b}[0m"), "error[E0308]");
-        assert_eq!(strip("a\u{1b}]8;;http://x\u{7}link\u{1b}]8;;\u{1b}\\b"), "alinkb");
+        assert_eq!(
+            strip("\u{1b}[0;31mZeroDivisionError\u{1b}[0m: x"),
+            "ZeroDivisionError: x"
+        );
+        assert_eq!(
+            strip("\u{1b}[1m\u{1b}[38;5;9merror[E0308]\u{1b}[0m"),
+            "error[E0308]"
+        );
+        assert_eq!(
+            strip("a\u{1b}]8;;http://x\u{7}link\u{1b}]8;;\u{1b}\\b"),
+            "alinkb"
+        );
         assert_eq!(strip("plain\ttext\n"), "plain\ttext\n");
         assert_eq!(strip("ñandú ✓"), "ñandú ✓");
         assert_eq!(strip("cut\u{1b}["), "cut");

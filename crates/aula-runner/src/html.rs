@@ -37,7 +37,8 @@ fn is_executable(path: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     }
     #[cfg(not(unix))]
     {
@@ -48,7 +49,10 @@ fn is_executable(path: &Path) -> bool {
 /// Renders `ipynb` to `html` (atomically: nbconvert writes into a temporary folder
 /// beside `html`, then the file is renamed into place).
 pub async fn render(nbconvert: &Path, ipynb: &Path, html: &Path) -> Result<(), String> {
-    let dir = html.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = html
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".nbconvert-")
         .tempdir_in(dir)
@@ -66,7 +70,13 @@ pub async fn render(nbconvert: &Path, ipynb: &Path, html: &Path) -> Result<(), S
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let output = match tokio::time::timeout(NBCONVERT_TIMEOUT, cmd.output()).await {
-        Err(_) => return Err(format!("{} took over {} s", nbconvert.display(), NBCONVERT_TIMEOUT.as_secs())),
+        Err(_) => {
+            return Err(format!(
+                "{} took over {} s",
+                nbconvert.display(),
+                NBCONVERT_TIMEOUT.as_secs()
+            ))
+        }
         Ok(Err(e)) => return Err(format!("cannot run {}: {e}", nbconvert.display())),
         Ok(Ok(o)) => o,
     };

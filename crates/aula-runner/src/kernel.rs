@@ -33,6 +33,9 @@ use tokio::time::{sleep, sleep_until};
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 /// How long a kernel may take to exit after `shutdown_request` before it is killed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for late outputs after a cell is done, and at most.
+const LINGER: Duration = Duration::from_millis(30);
+const LINGER_MAX: Duration = Duration::from_millis(300);
 /// Lines of the kernel's own stdout/stderr shown when it fails.
 const LOG_TAIL_LINES: usize = 30;
 
@@ -65,14 +68,26 @@ enum Event {
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("cannot start kernel {name:?} (`{argv}`): {source}")]
-    Spawn { name: String, argv: String, source: std::io::Error },
+    Spawn {
+        name: String,
+        argv: String,
+        source: std::io::Error,
+    },
     #[error("kernel {name:?} exited during start-up ({status}){log}")]
-    ExitedAtStart { name: String, status: String, log: String },
+    ExitedAtStart {
+        name: String,
+        status: String,
+        log: String,
+    },
     #[error(
         "kernel {name:?} was not ready within the {secs} s start-up timeout \
          (no kernel_info_reply; see --startup-timeout){log}"
     )]
-    StartTimeout { name: String, secs: f64, log: String },
+    StartTimeout {
+        name: String,
+        secs: f64,
+        log: String,
+    },
     #[error("kernel {name:?}: {message}")]
     Setup { name: String, message: String },
 }
@@ -107,6 +122,8 @@ pub struct Execution {
 pub struct Kernel {
     name: String,
     interrupt_by_message: bool,
+    /// A Rust kernel: a panic reported on stderr fails the cell (see [`rust_panic`]).
+    detect_panics: bool,
     child: Child,
     pid: Option<i32>,
     exit: Option<ExitStatus>,
@@ -124,13 +141,20 @@ pub struct Kernel {
 
 impl Kernel {
     /// Starts the kernel described by `spec` in the working directory `cwd`.
+    ///
+    /// On Linux the kernel is also killed when the thread that started it exits (so a
+    /// runner stopped by Ctrl-C leaves no kernel behind): start kernels from a thread that
+    /// outlives them, as [`crate::runner::run`] does.
     pub async fn start(
         spec: &KernelSpec,
         cwd: &Path,
         startup_timeout: Duration,
     ) -> Result<Kernel, KernelError> {
         let name = spec.name.clone();
-        let setup = |message: String| KernelError::Setup { name: name.clone(), message };
+        let setup = |message: String| KernelError::Setup {
+            name: name.clone(),
+            message,
+        };
         let deadline = tokio::time::Instant::now() + startup_timeout;
 
         let dir = tempfile::Builder::new()
@@ -153,9 +177,14 @@ impl Kernel {
             signature_scheme: "hmac-sha256".into(),
             kernel_name: Some(spec.name.clone()),
         };
-        let connection_file = dir.path().join(format!("kernel-{}.json", uuid::Uuid::new_v4()));
-        write_private(&connection_file, &serde_json::to_vec_pretty(&info).expect("serializable"))
-            .map_err(|e| setup(format!("cannot write {}: {e}", connection_file.display())))?;
+        let connection_file = dir
+            .path()
+            .join(format!("kernel-{}.json", uuid::Uuid::new_v4()));
+        write_private(
+            &connection_file,
+            &serde_json::to_vec_pretty(&info).expect("serializable"),
+        )
+        .map_err(|e| setup(format!("cannot write {}: {e}", connection_file.display())))?;
 
         let log_path = dir.path().join("kernel.log");
         let log = std::fs::File::create(&log_path)
@@ -211,7 +240,8 @@ impl Kernel {
             let iopub = jzc::create_client_iopub_connection(&info, "", &session).await?;
             let identity = jzc::peer_identity_for_session(&session)?;
             let shell =
-                jzc::create_client_shell_connection_with_identity(&info, &session, identity).await?;
+                jzc::create_client_shell_connection_with_identity(&info, &session, identity)
+                    .await?;
             let control = jzc::create_client_control_connection(&info, &session).await?;
             Ok::<_, jzc::RuntimeError>((iopub, shell, control))
         };
@@ -244,6 +274,7 @@ impl Kernel {
         let mut kernel = Kernel {
             name: name.clone(),
             interrupt_by_message: spec.interrupt_by_message(),
+            detect_panics: spec.spec.language.eq_ignore_ascii_case("rust"),
             child,
             pid,
             exit: None,
@@ -312,6 +343,13 @@ impl Kernel {
             }
         }
         self.info = reply.unwrap_or(Value::Null);
+        if let Some(lang) = self
+            .info
+            .pointer("/language_info/name")
+            .and_then(Value::as_str)
+        {
+            self.detect_panics |= lang.eq_ignore_ascii_case("rust");
+        }
         Ok(())
     }
 
@@ -365,7 +403,9 @@ impl Kernel {
             Ok(id) => id,
             Err(e) => {
                 let status = if self.is_dead() {
-                    ExecStatus::KernelDied { status: self.exit_description() }
+                    ExecStatus::KernelDied {
+                        status: self.exit_description(),
+                    }
                 } else {
                     ExecStatus::Error
                 };
@@ -386,11 +426,10 @@ impl Kernel {
                 ev = self.rx.recv(), if self.open_readers > 0 => match ev {
                     Some(Event::Message(m)) if m.parent_id.as_deref() == Some(id.as_str()) => {
                         match (m.channel, m.msg_type.as_str()) {
-                            (Channel::IoPub, "status") => {
-                                if m.content["execution_state"] == "idle" {
-                                    idle = true;
-                                }
+                            (Channel::IoPub, "status") if m.content["execution_state"] == "idle" => {
+                                idle = true;
                             }
+                            (Channel::IoPub, "status") => {}
                             (Channel::IoPub, _) => outputs.handle(&m.msg_type, &m.content),
                             (Channel::Shell, "execute_reply") => reply = Some(m.content),
                             _ => {}
@@ -428,10 +467,15 @@ impl Kernel {
             }
         };
 
+        if status.is_none() {
+            self.linger(&id, &mut outputs).await;
+        }
         let execution_count = reply.as_ref().and_then(|r| r["execution_count"].as_i64());
         let status = match status {
             Some(ExecStatus::KernelDied { status }) => {
-                let mut traceback = vec![format!("The kernel died while running this cell ({status}).")];
+                let mut traceback = vec![format!(
+                    "The kernel died while running this cell ({status})."
+                )];
                 let tail = self.log_tail();
                 if !tail.trim().is_empty() {
                     traceback.push("The kernel's output (last lines):".into());
@@ -450,7 +494,10 @@ impl Kernel {
                 outputs.push_error(
                     "CellTimeoutError",
                     &format!("the cell exceeded the {} s timeout", fmt_secs(secs)),
-                    vec![format!("The cell exceeded the {} s timeout and was interrupted.", fmt_secs(secs))],
+                    vec![format!(
+                        "The cell exceeded the {} s timeout and was interrupted.",
+                        fmt_secs(secs)
+                    )],
                 );
                 ExecStatus::TimedOut { kernel_alive: true }
             }
@@ -459,19 +506,27 @@ impl Kernel {
                 let reply_status = reply["status"].as_str().unwrap_or("ok");
                 if reply_status != "ok" && !outputs.has_error() {
                     // Some kernels only put the error in the reply.
-                    let ename = reply["ename"].as_str().unwrap_or(if reply_status == "aborted" {
-                        "Aborted"
-                    } else {
-                        "Error"
-                    });
-                    let evalue = reply["evalue"].as_str().unwrap_or(if reply_status == "aborted" {
-                        "the kernel aborted the execution"
-                    } else {
-                        ""
-                    });
+                    let ename = reply["ename"]
+                        .as_str()
+                        .unwrap_or(if reply_status == "aborted" {
+                            "Aborted"
+                        } else {
+                            "Error"
+                        });
+                    let evalue = reply["evalue"]
+                        .as_str()
+                        .unwrap_or(if reply_status == "aborted" {
+                            "the kernel aborted the execution"
+                        } else {
+                            ""
+                        });
                     let traceback = reply["traceback"]
                         .as_array()
-                        .map(|t| t.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
+                        .map(|t| {
+                            t.iter()
+                                .filter_map(|l| l.as_str().map(str::to_string))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     outputs.push_error(ename, evalue, traceback);
                 }
@@ -482,7 +537,36 @@ impl Kernel {
                 }
             }
         };
-        outputs.finish(execution_count, status, started.elapsed())
+        let mut exec = outputs.finish(execution_count, status, started.elapsed());
+        if exec.status == ExecStatus::Ok && self.detect_panics {
+            if let Some(text) = rust_panic(&exec.outputs) {
+                exec.status = ExecStatus::Error;
+                exec.error_text = text;
+            }
+        }
+        exec
+    }
+
+    /// After idle and the reply, a few milliseconds more for outputs still in flight (a
+    /// kernel may forward its process's stdout from another thread, as evcxr does).
+    async fn linger(&mut self, id: &str, outputs: &mut Outputs) {
+        let cap = tokio::time::Instant::now() + LINGER_MAX;
+        let mut until = tokio::time::Instant::now() + LINGER;
+        loop {
+            tokio::select! {
+                ev = self.rx.recv(), if self.open_readers > 0 => match ev {
+                    Some(Event::Message(m)) if m.parent_id.as_deref() == Some(id) => {
+                        if m.channel == Channel::IoPub && m.msg_type != "status" {
+                            outputs.handle(&m.msg_type, &m.content);
+                            until = (tokio::time::Instant::now() + LINGER).min(cap);
+                        }
+                    }
+                    Some(Event::Message(_)) | Some(Event::Bad(..)) => {}
+                    Some(Event::Closed) | None => self.open_readers = self.open_readers.saturating_sub(1),
+                },
+                _ = sleep_until(until) => return,
+            }
+        }
     }
 
     /// Interrupts the running cell: `interrupt_request` on control for kernels whose
@@ -590,41 +674,64 @@ impl Outputs {
                 let text = content["text"].as_str().unwrap_or_default();
                 if let Some(last) = self.list.last_mut() {
                     if last["output_type"] == "stream" && last["name"] == name {
-                        let merged = format!("{}{}", last["text"].as_str().unwrap_or_default(), text);
+                        let merged =
+                            format!("{}{}", last["text"].as_str().unwrap_or_default(), text);
                         last["text"] = Value::String(merged);
                         return;
                     }
                 }
-                self.list.push(json!({"output_type": "stream", "name": name, "text": text}));
+                self.list
+                    .push(json!({"output_type": "stream", "name": name, "text": text}));
             }
             "display_data" | "execute_result" => {
                 self.before_output();
                 let mut out = Map::new();
                 out.insert("output_type".into(), msg_type.into());
-                out.insert("data".into(), content.get("data").cloned().unwrap_or_else(|| json!({})));
+                out.insert(
+                    "data".into(),
+                    content.get("data").cloned().unwrap_or_else(|| json!({})),
+                );
                 out.insert(
                     "metadata".into(),
-                    content.get("metadata").cloned().unwrap_or_else(|| json!({})),
+                    content
+                        .get("metadata")
+                        .cloned()
+                        .unwrap_or_else(|| json!({})),
                 );
                 if msg_type == "execute_result" {
                     out.insert(
                         "execution_count".into(),
-                        content.get("execution_count").cloned().unwrap_or(Value::Null),
+                        content
+                            .get("execution_count")
+                            .cloned()
+                            .unwrap_or(Value::Null),
                     );
                 }
-                if let Some(id) = content.pointer("/transient/display_id").and_then(Value::as_str) {
-                    self.display_ids.entry(id.to_string()).or_default().push(self.list.len());
+                if let Some(id) = content
+                    .pointer("/transient/display_id")
+                    .and_then(Value::as_str)
+                {
+                    self.display_ids
+                        .entry(id.to_string())
+                        .or_default()
+                        .push(self.list.len());
                 }
                 self.list.push(Value::Object(out));
             }
             "update_display_data" => {
-                let Some(id) = content.pointer("/transient/display_id").and_then(Value::as_str) else {
+                let Some(id) = content
+                    .pointer("/transient/display_id")
+                    .and_then(Value::as_str)
+                else {
                     return;
                 };
                 for &i in self.display_ids.get(id).into_iter().flatten() {
                     if let Some(out) = self.list.get_mut(i) {
                         out["data"] = content.get("data").cloned().unwrap_or_else(|| json!({}));
-                        out["metadata"] = content.get("metadata").cloned().unwrap_or_else(|| json!({}));
+                        out["metadata"] = content
+                            .get("metadata")
+                            .cloned()
+                            .unwrap_or_else(|| json!({}));
                     }
                 }
             }
@@ -632,7 +739,11 @@ impl Outputs {
                 self.before_output();
                 let traceback: Vec<String> = content["traceback"]
                     .as_array()
-                    .map(|t| t.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(|l| l.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 self.push_error(
                     content["ename"].as_str().unwrap_or_default(),
@@ -679,7 +790,12 @@ impl Outputs {
         }));
     }
 
-    fn finish(mut self, execution_count: Option<i64>, status: ExecStatus, elapsed: Duration) -> Execution {
+    fn finish(
+        mut self,
+        execution_count: Option<i64>,
+        status: ExecStatus,
+        elapsed: Duration,
+    ) -> Execution {
         for out in &mut self.list {
             if out["output_type"] == "stream" {
                 let text = apply_carriage_returns(out["text"].as_str().unwrap_or_default());
@@ -695,6 +811,22 @@ impl Outputs {
             error_text: self.error_text.join("\n\n"),
         }
     }
+}
+
+/// A Rust panic in a cell's stderr. evcxr catches a cell's panic (to keep the session's
+/// variables), prints the panic to stderr and replies `ok`: without this, a panicking cell
+/// would pass. Returns the error text: `panic: <message>` and the whole stderr.
+pub fn rust_panic(outputs: &[Value]) -> Option<String> {
+    let stderr: String = outputs
+        .iter()
+        .filter(|o| o["output_type"] == "stream" && o["name"] == "stderr")
+        .map(|o| crate::notebook::multiline(o.get("text")))
+        .collect();
+    let stderr = crate::ansi::strip(&stderr);
+    let mut lines = stderr.lines();
+    lines.find(|l| l.starts_with("thread '") && l.contains(" panicked at "))?;
+    let message = lines.next().unwrap_or_default().trim();
+    Some(format!("panic: {message}\n{}", stderr.trim_matches('\n')))
 }
 
 /// What a terminal shows for text with `\r` (progress bars): on each line only what was
@@ -741,14 +873,19 @@ async fn read_loop<S: zeromq::SocketRecv>(
 
 fn decode<B: AsRef<[u8]>>(channel: Channel, parts: &[B]) -> Event {
     if parts.len() < 4 {
-        return Event::Bad(channel, format!("{} message parts, expected 4", parts.len()));
+        return Event::Bad(
+            channel,
+            format!("{} message parts, expected 4", parts.len()),
+        );
     }
     let json = |i: usize| serde_json::from_slice::<Value>(parts[i].as_ref());
     match (json(0), json(1), json(3)) {
         (Ok(header), parent, Ok(content)) => Event::Message(Incoming {
             channel,
             msg_type: header["msg_type"].as_str().unwrap_or_default().to_string(),
-            parent_id: parent.ok().and_then(|p| p["msg_id"].as_str().map(str::to_string)),
+            parent_id: parent
+                .ok()
+                .and_then(|p| p["msg_id"].as_str().map(str::to_string)),
             content,
         }),
         (Err(e), _, _) | (_, _, Err(e)) => Event::Bad(channel, format!("undecodable JSON: {e}")),
@@ -850,7 +987,10 @@ mod tests {
     #[test]
     fn carriage_returns_keep_the_last_write() {
         assert_eq!(apply_carriage_returns("a\r\nb\n"), "a\nb\n");
-        assert_eq!(apply_carriage_returns("10%\r50%\r100%\ndone\n"), "100%\ndone\n");
+        assert_eq!(
+            apply_carriage_returns("10%\r50%\r100%\ndone\n"),
+            "100%\ndone\n"
+        );
         assert_eq!(apply_carriage_returns("x\r"), "x");
     }
 
@@ -860,8 +1000,14 @@ mod tests {
         o.handle("stream", &json!({"name": "stdout", "text": "a\n"}));
         o.handle("stream", &json!({"name": "stdout", "text": "b\n"}));
         o.handle("stream", &json!({"name": "stderr", "text": "w\n"}));
-        o.handle("display_data", &json!({"data": {"text/plain": "1"}, "metadata": {}, "transient": {"display_id": "d"}}));
-        o.handle("update_display_data", &json!({"data": {"text/plain": "2"}, "metadata": {}, "transient": {"display_id": "d"}}));
+        o.handle(
+            "display_data",
+            &json!({"data": {"text/plain": "1"}, "metadata": {}, "transient": {"display_id": "d"}}),
+        );
+        o.handle(
+            "update_display_data",
+            &json!({"data": {"text/plain": "2"}, "metadata": {}, "transient": {"display_id": "d"}}),
+        );
         let e = o.finish(Some(3), ExecStatus::Ok, Duration::ZERO);
         assert_eq!(e.outputs.len(), 3);
         assert_eq!(e.outputs[0]["text"], json!(["a\n", "b\n"]));
@@ -878,6 +1024,27 @@ mod tests {
     }
 
     #[test]
+    fn rust_panics_on_stderr_are_found() {
+        let outputs = vec![
+            json!({"output_type": "stream", "name": "stdout", "text": ["before\n"]}),
+            json!({"output_type": "stream", "name": "stderr", "text": [
+                "\n", "thread '<unnamed>' (15847) panicked at src/lib.rs:97:1:\n", "boom\n",
+                "note: run with `RUST_BACKTRACE=1`\n"]}),
+        ];
+        let text = rust_panic(&outputs).unwrap();
+        assert!(
+            text.starts_with(
+                "panic: boom\nthread '<unnamed>' (15847) panicked at src/lib.rs:97:1:\nboom\n"
+            ),
+            "{text}"
+        );
+        let warning = vec![
+            json!({"output_type": "stream", "name": "stderr", "text": "warning: unused variable\n"}),
+        ];
+        assert_eq!(rust_panic(&warning), None);
+    }
+
+    #[test]
     fn error_text_is_full_and_plain() {
         let mut o = Outputs::default();
         o.handle(
@@ -886,6 +1053,9 @@ mod tests {
                     "traceback": ["\u{1b}[31merror[E0308]\u{1b}[0m: mismatched types", "  --> src/lib.rs:1:1"]}),
         );
         let e = o.finish(None, ExecStatus::Error, Duration::ZERO);
-        assert_eq!(e.error_text, "Error: mismatched types\nerror[E0308]: mismatched types\n  --> src/lib.rs:1:1");
+        assert_eq!(
+            e.error_text,
+            "Error: mismatched types\nerror[E0308]: mismatched types\n  --> src/lib.rs:1:1"
+        );
     }
 }

@@ -68,7 +68,10 @@ impl KernelSpec {
         let mut env = BTreeMap::new();
         if let Some(spec_env) = &self.spec.env {
             for (k, v) in spec_env {
-                env.insert(k.clone(), substitute_env(v, |name| std::env::var(name).ok()));
+                env.insert(
+                    k.clone(),
+                    substitute_env(v, |name| std::env::var(name).ok()),
+                );
             }
         }
         env
@@ -86,14 +89,25 @@ pub struct FoundKernel {
 /// No kernelspec with that name, or an unreadable one.
 #[derive(Debug)]
 pub enum KernelspecError {
-    NotFound { name: String, found: Vec<FoundKernel>, searched: Vec<PathBuf> },
-    Invalid { path: PathBuf, message: String },
+    NotFound {
+        name: String,
+        found: Vec<FoundKernel>,
+        searched: Vec<PathBuf>,
+    },
+    Invalid {
+        path: PathBuf,
+        message: String,
+    },
 }
 
 impl fmt::Display for KernelspecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelspecError::NotFound { name, found, searched } => {
+            KernelspecError::NotFound {
+                name,
+                found,
+                searched,
+            } => {
                 write!(f, "no Jupyter kernel named {name:?}.")?;
                 if found.is_empty() {
                     write!(f, " No kernelspecs were found at all.")?;
@@ -101,7 +115,9 @@ impl fmt::Display for KernelspecError {
                     write!(f, " Kernels found:")?;
                     for k in found {
                         match &k.display_name {
-                            Some(d) => write!(f, "\n  {:<20} {:?}  ({})", k.name, d, k.dir.display())?,
+                            Some(d) => {
+                                write!(f, "\n  {:<20} {:?}  ({})", k.name, d, k.dir.display())?
+                            }
                             None => write!(f, "\n  {:<20} ({})", k.name, k.dir.display())?,
                         }
                     }
@@ -146,7 +162,9 @@ pub fn data_dirs() -> Vec<PathBuf> {
 
 /// `$AULA_JUPYTER_PREFIX`, if set and not empty.
 pub fn prefix() -> Option<PathBuf> {
-    std::env::var_os(PREFIX_ENV).filter(|p| !p.is_empty()).map(PathBuf::from)
+    std::env::var_os(PREFIX_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Every kernelspec in `dirs` (the first of each name wins, as in Jupyter).
@@ -154,7 +172,9 @@ pub fn list(dirs: &[PathBuf]) -> Vec<FoundKernel> {
     let mut found: Vec<FoundKernel> = Vec::new();
     let mut seen = HashSet::new();
     for data_dir in dirs {
-        let Ok(entries) = std::fs::read_dir(data_dir.join("kernels")) else { continue };
+        let Ok(entries) = std::fs::read_dir(data_dir.join("kernels")) else {
+            continue;
+        };
         let mut names: Vec<(String, PathBuf)> = entries
             .flatten()
             .filter(|e| e.path().join("kernel.json").is_file())
@@ -169,7 +189,11 @@ pub fn list(dirs: &[PathBuf]) -> Vec<FoundKernel> {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .and_then(|v| v.get("display_name")?.as_str().map(str::to_string));
-            found.push(FoundKernel { name, display_name, dir });
+            found.push(FoundKernel {
+                name,
+                display_name,
+                dir,
+            });
         }
     }
     found
@@ -179,10 +203,16 @@ pub fn list(dirs: &[PathBuf]) -> Vec<FoundKernel> {
 pub fn find_in(name: &str, dirs: &[PathBuf]) -> Result<KernelSpec, KernelspecError> {
     let prefix_dir = prefix().map(|p| (p.join("share/jupyter"), p));
     for data_dir in dirs {
-        let Ok(entries) = std::fs::read_dir(data_dir.join("kernels")) else { continue };
+        let Ok(entries) = std::fs::read_dir(data_dir.join("kernels")) else {
+            continue;
+        };
         let mut matches: Vec<PathBuf> = entries
             .flatten()
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
             .map(|e| e.path())
             .filter(|p| p.join("kernel.json").is_file())
             .collect();
@@ -191,22 +221,43 @@ pub fn find_in(name: &str, dirs: &[PathBuf]) -> Result<KernelSpec, KernelspecErr
         matches.sort_by_key(|p| p.file_name().and_then(|n| n.to_str()) != Some(name));
         if let Some(dir) = matches.into_iter().next() {
             let path = dir.join("kernel.json");
-            let bytes = std::fs::read(&path)
-                .map_err(|e| KernelspecError::Invalid { path: path.clone(), message: e.to_string() })?;
-            let spec: JupyterKernelspec = serde_json::from_slice(&bytes)
-                .map_err(|e| KernelspecError::Invalid { path: path.clone(), message: e.to_string() })?;
+            let bytes = std::fs::read(&path).map_err(|e| KernelspecError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let spec: JupyterKernelspec =
+                serde_json::from_slice(&bytes).map_err(|e| KernelspecError::Invalid {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             if spec.argv.is_empty() {
-                return Err(KernelspecError::Invalid { path, message: "`argv` is empty".into() });
+                return Err(KernelspecError::Invalid {
+                    path,
+                    message: "`argv` is empty".into(),
+                });
             }
             let from_prefix = prefix_dir
                 .as_ref()
                 .filter(|(share, _)| share == data_dir)
                 .map(|(_, p)| p.clone());
-            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or(name).to_string();
-            return Ok(KernelSpec { name, dir, spec, prefix: from_prefix });
+            let name = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(name)
+                .to_string();
+            return Ok(KernelSpec {
+                name,
+                dir,
+                spec,
+                prefix: from_prefix,
+            });
         }
     }
-    Err(KernelspecError::NotFound { name: name.to_string(), found: list(dirs), searched: dirs.to_vec() })
+    Err(KernelspecError::NotFound {
+        name: name.to_string(),
+        found: list(dirs),
+        searched: dirs.to_vec(),
+    })
 }
 
 /// Finds the kernelspec called `name` in the standard data dirs.
@@ -277,10 +328,19 @@ mod tests {
             "LD_LIBRARY_PATH" => Some("/x".to_string()),
             _ => None,
         };
-        assert_eq!(substitute_env("${HOME}/lib:${LD_LIBRARY_PATH}", lookup), "/home/a/lib:/x");
+        assert_eq!(
+            substitute_env("${HOME}/lib:${LD_LIBRARY_PATH}", lookup),
+            "/home/a/lib:/x"
+        );
         assert_eq!(substitute_env("$HOME/x", lookup), "/home/a/x");
-        assert_eq!(substitute_env("$NOPE and ${NOPE}", lookup), "$NOPE and ${NOPE}");
-        assert_eq!(substitute_env("cost $$5, $ alone, ${", lookup), "cost $5, $ alone, ${");
+        assert_eq!(
+            substitute_env("$NOPE and ${NOPE}", lookup),
+            "$NOPE and ${NOPE}"
+        );
+        assert_eq!(
+            substitute_env("cost $$5, $ alone, ${", lookup),
+            "cost $5, $ alone, ${"
+        );
     }
 
     #[test]
@@ -304,6 +364,9 @@ mod tests {
             ["evcxr_jupyter", "--control_file", "/tmp/c.json"]
         );
         let err = find_in("nope", &dirs).unwrap_err().to_string();
-        assert!(err.contains("\"nope\"") && err.contains("rust-aula") && err.contains("Rust · aula"), "{err}");
+        assert!(
+            err.contains("\"nope\"") && err.contains("rust-aula") && err.contains("Rust · aula"),
+            "{err}"
+        );
     }
 }

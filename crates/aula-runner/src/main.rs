@@ -69,7 +69,9 @@ fn seconds(name: &str, secs: f64) -> Result<Duration, String> {
     if secs.is_finite() && secs >= 0.0 {
         Ok(Duration::from_secs_f64(secs))
     } else {
-        Err(format!("--{name} must be a number of seconds ≥ 0, not {secs}"))
+        Err(format!(
+            "--{name} must be a number of seconds ≥ 0, not {secs}"
+        ))
     }
 }
 

@@ -21,22 +21,44 @@ pub struct Notebook {
 /// Why a notebook cannot be used.
 #[derive(Debug)]
 pub enum NotebookError {
-    Io { path: PathBuf, error: std::io::Error },
-    Json { path: PathBuf, line: usize, column: usize, message: String },
-    Format { path: PathBuf, message: String },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Json {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    Format {
+        path: PathBuf,
+        message: String,
+    },
 }
 
 impl fmt::Display for NotebookError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NotebookError::Io { path, error } => write!(f, "{}: cannot read: {error}", path.display()),
-            NotebookError::Json { path, line, column, message } => write!(
+            NotebookError::Io { path, error } => {
+                write!(f, "{}: cannot read: {error}", path.display())
+            }
+            NotebookError::Json {
+                path,
+                line,
+                column,
+                message,
+            } => write!(
                 f,
                 "{}:{line}:{column}: malformed notebook JSON: {message}",
                 path.display()
             ),
             NotebookError::Format { path, message } => {
-                write!(f, "{}: not a valid nbformat 4 notebook: {message}", path.display())
+                write!(
+                    f,
+                    "{}: not a valid nbformat 4 notebook: {message}",
+                    path.display()
+                )
             }
         }
     }
@@ -47,10 +69,16 @@ impl std::error::Error for NotebookError {}
 impl Notebook {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Notebook, NotebookError> {
-        let original =
-            std::fs::read(path).map_err(|error| NotebookError::Io { path: path.into(), error })?;
+        let original = std::fs::read(path).map_err(|error| NotebookError::Io {
+            path: path.into(),
+            error,
+        })?;
         let value = parse(path, &original)?;
-        Ok(Notebook { path: path.to_path_buf(), value, original })
+        Ok(Notebook {
+            path: path.to_path_buf(),
+            value,
+            original,
+        })
     }
 
     /// `metadata.kernelspec.name`.
@@ -59,11 +87,16 @@ impl Notebook {
     }
 
     pub fn cells(&self) -> &[Value] {
-        self.value["cells"].as_array().map(Vec::as_slice).unwrap_or_default()
+        self.value["cells"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     pub fn cells_mut(&mut self) -> &mut Vec<Value> {
-        self.value["cells"].as_array_mut().expect("validated: cells is an array")
+        self.value["cells"]
+            .as_array_mut()
+            .expect("validated: cells is an array")
     }
 
     /// The notebook as nbformat writes it.
@@ -74,13 +107,21 @@ impl Notebook {
 
 /// Parses and validates notebook bytes.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Value, NotebookError> {
-    let format = |message: String| NotebookError::Format { path: path.into(), message };
+    let format = |message: String| NotebookError::Format {
+        path: path.into(),
+        message,
+    };
     let text = std::str::from_utf8(bytes).map_err(|e| format(format!("not UTF-8 text ({e})")))?;
     let value: Value = serde_json::from_str(text).map_err(|e| NotebookError::Json {
         path: path.into(),
         line: e.line(),
         column: e.column(),
-        message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
+        message: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     })?;
     let Some(top) = value.as_object() else {
         return Err(format("the top level is not a JSON object".into()));
@@ -102,7 +143,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Value, NotebookError> {
         match kind {
             Some("code") => {
                 if !cell.get("outputs").is_some_and(Value::is_array) {
-                    return Err(format(format!("cell {} (code) has no `outputs` array", i + 1)));
+                    return Err(format(format!(
+                        "cell {} (code) has no `outputs` array",
+                        i + 1
+                    )));
                 }
             }
             Some(_) => {}
@@ -148,7 +192,9 @@ pub fn tags(cell: &Value) -> Vec<&str> {
 /// Splits text fields of a fresh output into lists of lines, as nbformat does on write
 /// (stream text; `text/*`, `application/javascript` and `image/svg+xml` data).
 pub fn split_output_lines(output: &mut Value) {
-    let Some(obj) = output.as_object_mut() else { return };
+    let Some(obj) = output.as_object_mut() else {
+        return;
+    };
     match obj.get("output_type").and_then(Value::as_str) {
         Some("stream") => {
             if let Some(Value::String(text)) = obj.get("text") {
@@ -185,7 +231,11 @@ fn split_lines(text: &str) -> Value {
                 start = i + 1;
             }
             b'\r' => {
-                let end = if bytes.get(i + 1) == Some(&b'\n') { i + 1 } else { i };
+                let end = if bytes.get(i + 1) == Some(&b'\n') {
+                    i + 1
+                } else {
+                    i
+                };
                 lines.push(Value::String(text[start..=end].to_string()));
                 i = end;
                 start = end + 1;
@@ -235,7 +285,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("notebook");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("notebook");
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
@@ -249,7 +302,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             {
                 use std::os::unix::fs::PermissionsExt;
                 // What a plain create would give (0666 less the usual umask).
-                tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+                tmp.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o644))?;
             }
         }
     }
@@ -266,13 +320,23 @@ mod tests {
     fn malformed_json_names_line_and_column() {
         let err = parse(Path::new("x.ipynb"), b"{\n \"cells\": [\n  {,\n ]\n}").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("x.ipynb:3:4: malformed notebook JSON"), "{msg}");
+        assert!(
+            msg.starts_with("x.ipynb:3:4: malformed notebook JSON"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn rejects_other_formats() {
-        let err = parse(Path::new("a.ipynb"), br#"{"nbformat": 3, "worksheets": []}"#).unwrap_err();
-        assert!(err.to_string().contains("nbformat 3 is not supported"), "{err}");
+        let err = parse(
+            Path::new("a.ipynb"),
+            br#"{"nbformat": 3, "worksheets": []}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("nbformat 3 is not supported"),
+            "{err}"
+        );
         let err = parse(Path::new("a.ipynb"), br#"[1, 2]"#).unwrap_err();
         assert!(err.to_string().contains("not a JSON object"), "{err}");
     }
@@ -287,7 +351,10 @@ mod tests {
         let value = parse(Path::new("n.ipynb"), text.as_bytes()).unwrap();
         let out = to_json(&value);
         assert!(out.ends_with("}\n"));
-        assert!(out.contains("\"custom_field\": {\n    \"a\": \"ñ\",\n    \"b\": 2\n   }"), "{out}");
+        assert!(
+            out.contains("\"custom_field\": {\n    \"a\": \"ñ\",\n    \"b\": 2\n   }"),
+            "{out}"
+        );
         assert!(out.contains("\"extra\": true"));
         assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), value);
         assert_eq!(tags(&value["cells"][0]), ["no-ejecutar"]);

@@ -77,15 +77,25 @@ pub enum InputError {
     #[error("{}: no .ipynb notebooks in this folder", .0.display())]
     EmptyFolder(PathBuf),
     #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{0}")]
     Notebook(#[from] NotebookError),
     #[error("{}: no kernel given: the notebook has no metadata.kernelspec.name and --kernel was not set", .0.display())]
     NoKernelName(PathBuf),
     #[error("{}: {error}", path.display())]
-    Kernelspec { path: PathBuf, error: KernelspecError },
+    Kernelspec {
+        path: PathBuf,
+        error: KernelspecError,
+    },
     #[error("{} and {} would both be written as {}", a.display(), b.display(), out.display())]
-    NameClash { a: PathBuf, b: PathBuf, out: PathBuf },
+    NameClash {
+        a: PathBuf,
+        b: PathBuf,
+        out: PathBuf,
+    },
     #[error("{}: the output folder is the notebook's own folder, so the source would be overwritten; choose another --out", .0.display())]
     OutIsSource(PathBuf),
     #[error("cannot start the async runtime: {0}")]
@@ -153,9 +163,16 @@ impl NotebookReport {
             self.wall.as_secs_f64()
         );
         if self.not_reached > 0 {
-            line.push_str(&format!(" ({} not reached after the failure)", self.not_reached));
+            line.push_str(&format!(
+                " ({} not reached after the failure)",
+                self.not_reached
+            ));
         }
-        if self.failures.iter().any(|f| f.kind == FailureKind::KernelStart) {
+        if self
+            .failures
+            .iter()
+            .any(|f| f.kind == FailureKind::KernelStart)
+        {
             line.push_str(" (the kernel did not start)");
         }
         line
@@ -240,7 +257,10 @@ pub fn describe_failure(report: &NotebookReport, f: &CellFailure) -> String {
     };
     let mut s = String::new();
     match f.cell {
-        Some(cell) => s.push_str(&format!("\n=== {}: cell {cell} {what} ===\n", report.path.display())),
+        Some(cell) => s.push_str(&format!(
+            "\n=== {}: cell {cell} {what} ===\n",
+            report.path.display()
+        )),
         None => s.push_str(&format!("\n=== {}: {what} ===\n", report.path.display())),
     }
     if f.cell.is_some() {
@@ -268,18 +288,26 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
     for input in inputs {
         let meta = std::fs::metadata(input).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => InputError::Missing(input.clone()),
-            _ => InputError::Io { path: input.clone(), error: e },
+            _ => InputError::Io {
+                path: input.clone(),
+                error: e,
+            },
         })?;
         if meta.is_dir() {
-            let entries = std::fs::read_dir(input)
-                .map_err(|error| InputError::Io { path: input.clone(), error })?;
+            let entries = std::fs::read_dir(input).map_err(|error| InputError::Io {
+                path: input.clone(),
+                error,
+            })?;
             let mut found: Vec<PathBuf> = entries
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| {
                     p.is_file()
                         && p.extension().is_some_and(|x| x == "ipynb")
-                        && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+                        && !p
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.'))
                 })
                 .collect();
             if found.is_empty() {
@@ -310,29 +338,53 @@ fn plan(inputs: &[PathBuf], opts: &Options) -> Result<Vec<Plan>, InputError> {
         let spec = match specs.get(&kernel_name) {
             Some(s) => s.clone(),
             None => {
-                let s = kernelspec::find_in(&kernel_name, &dirs)
-                    .map_err(|error| InputError::Kernelspec { path: path.clone(), error })?;
+                let s = kernelspec::find_in(&kernel_name, &dirs).map_err(|error| {
+                    InputError::Kernelspec {
+                        path: path.clone(),
+                        error,
+                    }
+                })?;
                 specs.insert(kernel_name.clone(), s.clone());
                 s
             }
         };
-        let file_name = path.file_name().map(PathBuf::from).unwrap_or_else(|| "notebook.ipynb".into());
+        let file_name = path
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "notebook.ipynb".into());
         let out_ipynb = opts.out_dir.join(&file_name);
         let out_html = out_ipynb.with_extension("html");
         if let Some(previous) = outputs.insert(out_ipynb.clone(), path.clone()) {
-            return Err(InputError::NameClash { a: previous, b: path, out: out_ipynb });
+            return Err(InputError::NameClash {
+                a: previous,
+                b: path,
+                out: out_ipynb,
+            });
         }
         if same_file(&out_ipynb, &path) {
             return Err(InputError::OutIsSource(path));
         }
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("notebook").to_string();
-        plans.push(Plan { notebook, spec, name, out_ipynb, out_html });
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("notebook")
+            .to_string();
+        plans.push(Plan {
+            notebook,
+            spec,
+            name,
+            out_ipynb,
+            out_html,
+        });
     }
     Ok(plans)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.parent().map(std::fs::canonicalize), std::fs::canonicalize(b)) {
+    match (
+        a.parent().map(std::fs::canonicalize),
+        std::fs::canonicalize(b),
+    ) {
         (Some(Ok(dir)), Ok(b)) => a.file_name().is_some_and(|n| dir.join(n) == b),
         _ => false,
     }
@@ -346,13 +398,19 @@ pub fn run(
     obs: &mut dyn Observer,
 ) -> Result<Vec<NotebookReport>, InputError> {
     let plans = plan(inputs, opts)?;
-    std::fs::create_dir_all(&opts.out_dir)
-        .map_err(|error| InputError::Io { path: opts.out_dir.clone(), error })?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|error| InputError::Io {
+        path: opts.out_dir.clone(),
+        error,
+    })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(InputError::Runtime)?;
-    let nbconvert = if opts.html { crate::html::find_nbconvert() } else { None };
+    let nbconvert = if opts.html {
+        crate::html::find_nbconvert()
+    } else {
+        None
+    };
     if opts.html && nbconvert.is_none() {
         obs.warning(
             "no HTML written: jupyter-nbconvert not found (run scripts/setup-jupyter-venv.sh \
@@ -375,7 +433,13 @@ async fn run_notebook(
     obs: &mut dyn Observer,
 ) -> NotebookReport {
     let started = Instant::now();
-    let Plan { mut notebook, spec, name, out_ipynb, out_html } = plan;
+    let Plan {
+        mut notebook,
+        spec,
+        name,
+        out_ipynb,
+        out_html,
+    } = plan;
     let mut report = NotebookReport {
         name,
         path: notebook.path.clone(),
@@ -399,7 +463,10 @@ async fn run_notebook(
         if !notebook::is_code(cell) {
             continue;
         }
-        let tagged = notebook::tags(cell).iter().find(|t| SKIP_TAGS.contains(t)).map(|t| t.to_string());
+        let tagged = notebook::tags(cell)
+            .iter()
+            .find(|t| SKIP_TAGS.contains(t))
+            .map(|t| t.to_string());
         match tagged {
             Some(tag) if honour_tags => {
                 report.skipped += 1;
@@ -463,7 +530,10 @@ async fn run_notebook(
     let json = notebook.to_json();
     match notebook::write_atomic(&out_ipynb, json.as_bytes()) {
         Ok(()) => report.executed = Some(out_ipynb.clone()),
-        Err(e) => write_failure(&mut report, format!("cannot write {}: {e}", out_ipynb.display())),
+        Err(e) => write_failure(
+            &mut report,
+            format!("cannot write {}: {e}", out_ipynb.display()),
+        ),
     }
     if opts.mode == Mode::Instructor {
         if report.failures.is_empty() {
@@ -531,10 +601,18 @@ async fn execute_cells(
         };
         if let Some(kind) = kind {
             report.failed += 1;
-            report.failures.push(CellFailure { cell: Some(i + 1), source, kind, text: exec.error_text });
+            report.failures.push(CellFailure {
+                cell: Some(i + 1),
+                source,
+                kind,
+                text: exec.error_text,
+            });
             let kernel_gone = matches!(
                 exec.status,
-                ExecStatus::KernelDied { .. } | ExecStatus::TimedOut { kernel_alive: false }
+                ExecStatus::KernelDied { .. }
+                    | ExecStatus::TimedOut {
+                        kernel_alive: false
+                    }
             );
             if kernel_gone || !opts.continue_on_error {
                 stopped = true;
@@ -560,10 +638,18 @@ fn update_source(notebook: &Notebook, json: &str, report: &mut NotebookReport) {
     }
     match notebook::write_atomic(&notebook.path, json.as_bytes()) {
         Ok(()) => report.source_updated = true,
-        Err(e) => write_failure(report, format!("cannot write {}: {e}", notebook.path.display())),
+        Err(e) => write_failure(
+            report,
+            format!("cannot write {}: {e}", notebook.path.display()),
+        ),
     }
 }
 
 fn write_failure(report: &mut NotebookReport, text: String) {
-    report.failures.push(CellFailure { cell: None, source: String::new(), kind: FailureKind::Write, text });
+    report.failures.push(CellFailure {
+        cell: None,
+        source: String::new(),
+        kind: FailureKind::Write,
+        text,
+    });
 }

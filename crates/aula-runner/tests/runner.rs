@@ -16,8 +16,16 @@ fn clase_runs_cells_keeps_tagged_outputs_and_never_touches_the_source() {
             markdown("# Título"),
             code("print('hola')\nprint('mundo')"),
             code("x = 6 * 7\nx"),
-            tagged("print('slow training')", "no-ejecutar", stored_stream("stored epochs\n")),
-            tagged("raise SystemExit('must not run')", "skip-execution", stored_stream("stored 2\n")),
+            tagged(
+                "print('slow training')",
+                "no-ejecutar",
+                stored_stream("stored epochs\n"),
+            ),
+            tagged(
+                "raise SystemExit('must not run')",
+                "skip-execution",
+                stored_stream("stored 2\n"),
+            ),
             code("from IPython.display import display, HTML\ndisplay(HTML('<b>ok</b>'))"),
             code(""),
         ]),
@@ -25,8 +33,16 @@ fn clase_runs_cells_keeps_tagged_outputs_and_never_touches_the_source() {
     let before = std::fs::read(&src).unwrap();
     let r = f.run(&["clase", "lesson.ipynb", "--no-html"]);
     assert_eq!(r.code, Some(0), "{r}");
-    assert!(r.stdout.contains("lesson: 3 cells run, 2 skipped, 0 failed, wall "), "{r}");
-    assert_eq!(std::fs::read(&src).unwrap(), before, "the source must not change in clase mode");
+    assert!(
+        r.stdout
+            .contains("lesson: 3 cells run, 2 skipped, 0 failed, wall "),
+        "{r}"
+    );
+    assert_eq!(
+        std::fs::read(&src).unwrap(),
+        before,
+        "the source must not change in clase mode"
+    );
 
     let out = read_json(&f.out().join("lesson.ipynb"));
     let cells = out["cells"].as_array().unwrap();
@@ -41,7 +57,10 @@ fn clase_runs_cells_keeps_tagged_outputs_and_never_touches_the_source() {
     assert_eq!(cells[3]["execution_count"], 7);
     assert_eq!(text(&cells[4]["outputs"][0]["text"]), "stored 2\n");
     assert_eq!(cells[5]["outputs"][0]["output_type"], "display_data");
-    assert_eq!(text(&cells[5]["outputs"][0]["data"]["text/html"]), "<b>ok</b>");
+    assert_eq!(
+        text(&cells[5]["outputs"][0]["data"]["text/html"]),
+        "<b>ok</b>"
+    );
     assert_eq!(cells[6]["outputs"], json!([]));
     // Unknown fields survive; the kernel's language_info is recorded, as Jupyter does.
     assert_eq!(out["metadata"]["aula_custom"], json!({"keep": ["me", 1]}));
@@ -66,13 +85,19 @@ fn check_fails_when_a_tagged_cell_has_no_stored_output() {
     assert_eq!(r.code, Some(1), "{r}");
     assert!(r.stderr.contains("cell 2 is tagged `no-ejecutar`"), "{r}");
     assert!(r.stderr.contains("no stored output"), "{r}");
-    assert!(r.stdout.contains("nb: 1 cells run, 1 skipped, 1 failed"), "{r}");
+    assert!(
+        r.stdout.contains("nb: 1 cells run, 1 skipped, 1 failed"),
+        "{r}"
+    );
     assert_eq!(std::fs::read(&src).unwrap(), before);
 
     // The same notebook with the output stored passes.
     let ok = f.notebook(
         "ok.ipynb",
-        &notebook(vec![code("print(1)"), tagged("print('long')", "no-ejecutar", stored_stream("long\n"))]),
+        &notebook(vec![
+            code("print(1)"),
+            tagged("print('long')", "no-ejecutar", stored_stream("long\n")),
+        ]),
     );
     let r = f.run(&["check", ok.to_str().unwrap(), "--no-html"]);
     assert_eq!(r.code, Some(0), "{r}");
@@ -93,23 +118,45 @@ fn an_error_cell_fails_with_its_source_and_full_traceback() {
     let r = f.run(&["clase", "err.ipynb", "--no-html"]);
     assert_eq!(r.code, Some(1), "{r}");
     assert!(r.stderr.contains("cell 2 failed"), "{r}");
-    assert!(r.stderr.contains("def f(d):\n    return 1 / d\nf(0)"), "the source is shown: {r}");
-    assert!(r.stderr.contains("ZeroDivisionError: division by zero"), "{r}");
-    assert!(r.stderr.contains("Traceback"), "the whole traceback is shown: {r}");
+    assert!(
+        r.stderr.contains("def f(d):\n    return 1 / d\nf(0)"),
+        "the source is shown: {r}"
+    );
+    assert!(
+        r.stderr.contains("ZeroDivisionError: division by zero"),
+        "{r}"
+    );
+    assert!(
+        r.stderr.contains("Traceback"),
+        "the whole traceback is shown: {r}"
+    );
     assert!(r.stderr.contains("return 1 / d"), "{r}");
-    assert!(!r.stderr.contains('\u{1b}'), "escape codes are stripped: {r}");
-    assert!(r.stdout.contains("err: 2 cells run, 0 skipped, 1 failed"), "{r}");
+    assert!(
+        !r.stderr.contains('\u{1b}'),
+        "escape codes are stripped: {r}"
+    );
+    assert!(
+        r.stdout.contains("err: 2 cells run, 0 skipped, 1 failed"),
+        "{r}"
+    );
     assert_eq!(std::fs::read(&src).unwrap(), before);
 
     let out = read_json(&f.out().join("err.ipynb"));
     assert_eq!(out["cells"][1]["outputs"][0]["output_type"], "error");
     assert_eq!(out["cells"][1]["outputs"][0]["ename"], "ZeroDivisionError");
-    assert_eq!(out["cells"][2]["outputs"], json!([]), "cells after the failure are not run");
+    assert_eq!(
+        out["cells"][2]["outputs"],
+        json!([]),
+        "cells after the failure are not run"
+    );
 
     // --continue-on-error runs the rest, and still fails.
     let r = f.run(&["clase", "err.ipynb", "--no-html", "--continue-on-error"]);
     assert_eq!(r.code, Some(1), "{r}");
-    assert!(r.stdout.contains("err: 3 cells run, 0 skipped, 1 failed"), "{r}");
+    assert!(
+        r.stdout.contains("err: 3 cells run, 0 skipped, 1 failed"),
+        "{r}"
+    );
     let out = read_json(&f.out().join("err.ipynb"));
     assert_eq!(text(&out["cells"][2]["outputs"][0]["text"]), "after\n");
 }
@@ -119,18 +166,31 @@ fn a_cell_past_the_timeout_is_interrupted_and_reported() {
     let f = Fixture::new();
     let src = f.notebook(
         "slow.ipynb",
-        &notebook(vec![code("import time; time.sleep(100)"), code("print('still alive')")]),
+        &notebook(vec![
+            code("import time; time.sleep(100)"),
+            code("print('still alive')"),
+        ]),
     );
     let before = std::fs::read(&src).unwrap();
     let t0 = Instant::now();
-    let r = f.run(&["clase", "slow.ipynb", "--no-html", "--timeout", "2", "--continue-on-error"]);
+    let r = f.run(&[
+        "clase",
+        "slow.ipynb",
+        "--no-html",
+        "--timeout",
+        "2",
+        "--continue-on-error",
+    ]);
     let took = t0.elapsed().as_secs_f64();
     assert_eq!(r.code, Some(1), "{r}");
     assert!(took < 30.0, "took {took:.1}s: {r}");
     assert!(r.stderr.contains("cell 1 timed out"), "{r}");
     assert!(r.stderr.contains("time.sleep(100)"), "{r}");
     assert!(r.stderr.contains("exceeded the 2 s timeout"), "{r}");
-    assert!(r.stdout.contains("slow: 2 cells run, 0 skipped, 1 failed"), "{r}");
+    assert!(
+        r.stdout.contains("slow: 2 cells run, 0 skipped, 1 failed"),
+        "{r}"
+    );
     assert_eq!(std::fs::read(&src).unwrap(), before);
     let out = read_json(&f.out().join("slow.ipynb"));
     let errors: Vec<_> = out["cells"][0]["outputs"]
@@ -140,9 +200,15 @@ fn a_cell_past_the_timeout_is_interrupted_and_reported() {
         .filter(|o| o["output_type"] == "error")
         .map(|o| o["ename"].as_str().unwrap().to_string())
         .collect();
-    assert!(errors.contains(&"CellTimeoutError".to_string()), "{errors:?}");
+    assert!(
+        errors.contains(&"CellTimeoutError".to_string()),
+        "{errors:?}"
+    );
     // The interrupted kernel lives on: the next cell ran.
-    assert_eq!(text(&out["cells"][1]["outputs"][0]["text"]), "still alive\n");
+    assert_eq!(
+        text(&out["cells"][1]["outputs"][0]["text"]),
+        "still alive\n"
+    );
 }
 
 #[test]
@@ -150,15 +216,26 @@ fn a_kernel_that_dies_mid_run_is_reported_with_the_cell() {
     let f = Fixture::new();
     let src = f.notebook(
         "die.ipynb",
-        &notebook(vec![code("print(1)"), code("import os; os._exit(1)"), code("print(3)")]),
+        &notebook(vec![
+            code("print(1)"),
+            code("import os; os._exit(1)"),
+            code("print(3)"),
+        ]),
     );
     let before = std::fs::read(&src).unwrap();
     let r = f.run(&["clase", "die.ipynb", "--no-html", "--continue-on-error"]);
     assert_eq!(r.code, Some(1), "{r}");
     assert!(r.stderr.contains("cell 2 killed the kernel"), "{r}");
     assert!(r.stderr.contains("import os; os._exit(1)"), "{r}");
-    assert!(r.stderr.contains("the kernel died while running this cell (exit status: 1)"), "{r}");
-    assert!(r.stdout.contains("die: 2 cells run, 0 skipped, 1 failed"), "{r}");
+    assert!(
+        r.stderr
+            .contains("the kernel died while running this cell (exit status: 1)"),
+        "{r}"
+    );
+    assert!(
+        r.stdout.contains("die: 2 cells run, 0 skipped, 1 failed"),
+        "{r}"
+    );
     assert!(r.stdout.contains("1 not reached"), "{r}");
     assert_eq!(std::fs::read(&src).unwrap(), before);
     let out = read_json(&f.out().join("die.ipynb"));
@@ -172,15 +249,29 @@ fn malformed_json_is_an_input_error_naming_file_line_and_column() {
     let src = f.write("broken.ipynb", bad);
     let r = f.run(&["clase", "broken.ipynb", "--no-html"]);
     assert_eq!(r.code, Some(2), "{r}");
-    assert!(r.stderr.contains("broken.ipynb:3:24: malformed notebook JSON"), "{r}");
+    assert!(
+        r.stderr
+            .contains("broken.ipynb:3:24: malformed notebook JSON"),
+        "{r}"
+    );
     assert_eq!(std::fs::read(&src).unwrap(), bad);
-    assert!(files_in(&f.out()).is_empty(), "nothing written on bad input");
+    assert!(
+        files_in(&f.out()).is_empty(),
+        "nothing written on bad input"
+    );
 
     // Valid JSON that is no notebook.
-    f.write("v3.ipynb", br#"{"nbformat": 3, "nbformat_minor": 0, "worksheets": []}"#);
+    f.write(
+        "v3.ipynb",
+        br#"{"nbformat": 3, "nbformat_minor": 0, "worksheets": []}"#,
+    );
     let r = f.run(&["check", "v3.ipynb"]);
     assert_eq!(r.code, Some(2), "{r}");
-    assert!(r.stderr.contains("v3.ipynb: not a valid nbformat 4 notebook: nbformat 3"), "{r}");
+    assert!(
+        r.stderr
+            .contains("v3.ipynb: not a valid nbformat 4 notebook: nbformat 3"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -192,8 +283,15 @@ fn an_unknown_kernelspec_lists_the_kernels_found() {
     let before = std::fs::read(&src).unwrap();
     let r = f.run(&["clase", "k.ipynb", "--no-html"]);
     assert_eq!(r.code, Some(2), "{r}");
-    assert!(r.stderr.contains("k.ipynb: no Jupyter kernel named \"rust-aula-missing\""), "{r}");
-    assert!(r.stderr.contains(KERNEL), "the kernels found are listed: {r}");
+    assert!(
+        r.stderr
+            .contains("k.ipynb: no Jupyter kernel named \"rust-aula-missing\""),
+        "{r}"
+    );
+    assert!(
+        r.stderr.contains(KERNEL),
+        "the kernels found are listed: {r}"
+    );
     assert_eq!(std::fs::read(&src).unwrap(), before);
 
     // --kernel overrides the notebook's metadata, and is checked the same way.
@@ -223,7 +321,10 @@ fn instructor_runs_every_cell_and_stores_outputs_in_the_source() {
     );
     let r = f.run(&["instructor", "teach.ipynb", "--no-html"]);
     assert_eq!(r.code, Some(0), "{r}");
-    assert!(r.stdout.contains("teach: 2 cells run, 0 skipped, 0 failed"), "{r}");
+    assert!(
+        r.stdout.contains("teach: 2 cells run, 0 skipped, 0 failed"),
+        "{r}"
+    );
     let nb = read_json(&src);
     assert_eq!(text(&nb["cells"][0]["outputs"][0]["text"]), "fresh\n");
     assert_eq!(text(&nb["cells"][1]["outputs"][0]["text"]), "now stored\n");
@@ -231,20 +332,35 @@ fn instructor_runs_every_cell_and_stores_outputs_in_the_source() {
     assert_eq!(nb["metadata"]["aula_custom"], json!({"keep": ["me", 1]}));
     // Written as nbformat writes: one-space indent, trailing newline.
     let raw = std::fs::read_to_string(&src).unwrap();
-    assert!(raw.starts_with("{\n \"cells\": [\n") && raw.ends_with("}\n"), "{raw}");
+    assert!(
+        raw.starts_with("{\n \"cells\": [\n") && raw.ends_with("}\n"),
+        "{raw}"
+    );
     assert!(f.out().join("teach.ipynb").is_file());
-    assert_eq!(files_in(f.path()).iter().filter(|n| n.contains("tmp")).count(), 0);
+    assert_eq!(
+        files_in(f.path())
+            .iter()
+            .filter(|n| n.contains("tmp"))
+            .count(),
+        0
+    );
 
     // Now the stored output satisfies check mode.
     let r = f.run(&["check", "teach.ipynb", "--no-html"]);
     assert_eq!(r.code, Some(0), "{r}");
 
     // A failing run does not overwrite the source.
-    let failing = f.notebook("fails.ipynb", &notebook(vec![code("print('x')"), code("1/0")]));
+    let failing = f.notebook(
+        "fails.ipynb",
+        &notebook(vec![code("print('x')"), code("1/0")]),
+    );
     let before = std::fs::read(&failing).unwrap();
     let r = f.run(&["instructor", "fails.ipynb", "--no-html"]);
     assert_eq!(r.code, Some(1), "{r}");
-    assert!(r.stderr.contains("not updated because of the failures"), "{r}");
+    assert!(
+        r.stderr.contains("not updated because of the failures"),
+        "{r}"
+    );
     assert_eq!(std::fs::read(&failing).unwrap(), before);
 }
 
@@ -255,18 +371,35 @@ fn a_folder_runs_in_name_order_with_html_from_the_venv() {
     f.notebook("lessons/01-first.ipynb", &notebook(vec![code("print(1)")]));
     f.write("lessons/notes.txt", b"not a notebook");
     let prefix = venv();
-    let r = f.run_env(&["clase", "lessons"], &[("AULA_JUPYTER_PREFIX", prefix.to_str().unwrap())]);
+    let r = f.run_env(
+        &["clase", "lessons"],
+        &[("AULA_JUPYTER_PREFIX", prefix.to_str().unwrap())],
+    );
     assert_eq!(r.code, Some(0), "{r}");
-    let first = r.stdout.find("01-first: 1 cells run").expect("first summary");
-    let second = r.stdout.find("02-second: 1 cells run").expect("second summary");
+    let first = r
+        .stdout
+        .find("01-first: 1 cells run")
+        .expect("first summary");
+    let second = r
+        .stdout
+        .find("02-second: 1 cells run")
+        .expect("second summary");
     assert!(first < second, "{r}");
     assert!(r.stdout.contains("2 notebooks, 0 failed"), "{r}");
     assert_eq!(
         files_in(&f.out()),
-        ["01-first.html", "01-first.ipynb", "02-second.html", "02-second.ipynb"]
+        [
+            "01-first.html",
+            "01-first.ipynb",
+            "02-second.html",
+            "02-second.ipynb"
+        ]
     );
     let html = std::fs::read_to_string(f.out().join("01-first.html")).unwrap();
-    assert!(html.contains("<html") && html.contains("print"), "an nbconvert page");
+    assert!(
+        html.contains("<html") && html.contains("print"),
+        "an nbconvert page"
+    );
 }
 
 #[test]
@@ -277,7 +410,10 @@ fn the_python_prefix_kernelspec_is_found_through_aula_jupyter_prefix() {
     nb["metadata"]["kernelspec"]["name"] = json!("python3");
     f.notebook("p.ipynb", &nb);
     let prefix = venv();
-    let r = f.run_env(&["clase", "p.ipynb", "--no-html"], &[("AULA_JUPYTER_PREFIX", prefix.to_str().unwrap())]);
+    let r = f.run_env(
+        &["clase", "p.ipynb", "--no-html"],
+        &[("AULA_JUPYTER_PREFIX", prefix.to_str().unwrap())],
+    );
     assert_eq!(r.code, Some(0), "{r}");
     let out = read_json(&f.out().join("p.ipynb"));
     let printed = text(&out["cells"][0]["outputs"][0]["text"]);
@@ -288,32 +424,74 @@ fn the_python_prefix_kernelspec_is_found_through_aula_jupyter_prefix() {
 fn kernels_that_cannot_start_are_reported() {
     let f = Fixture::new();
     let python = venv_python();
-    f.kernelspec("missing-binary", json!({"argv": ["/nonexistent/kernel", "{connection_file}"],
-        "display_name": "Missing", "language": "none"}));
+    f.kernelspec(
+        "missing-binary",
+        json!({"argv": ["/nonexistent/kernel", "{connection_file}"],
+        "display_name": "Missing", "language": "none"}),
+    );
     f.kernelspec("exits", json!({"argv": [python, "-c", "import sys; print('no luck'); sys.exit(3)", "{connection_file}"],
         "display_name": "Exits", "language": "none"}));
-    f.kernelspec("sleeps", json!({"argv": [python, "-c", "import time; time.sleep(60)", "{connection_file}"],
-        "display_name": "Sleeps", "language": "none"}));
+    f.kernelspec(
+        "sleeps",
+        json!({"argv": [python, "-c", "import time; time.sleep(60)", "{connection_file}"],
+        "display_name": "Sleeps", "language": "none"}),
+    );
     let src = f.notebook("n.ipynb", &notebook(vec![code("print(1)")]));
     let before = std::fs::read(&src).unwrap();
 
-    let r = f.run(&["clase", "n.ipynb", "--no-html", "--kernel", "missing-binary"]);
+    let r = f.run(&[
+        "clase",
+        "n.ipynb",
+        "--no-html",
+        "--kernel",
+        "missing-binary",
+    ]);
     assert_eq!(r.code, Some(1), "{r}");
-    assert!(r.stderr.contains("cannot start kernel \"missing-binary\" (`/nonexistent/kernel"), "{r}");
-    assert!(r.stdout.contains("n: 0 cells run, 0 skipped, 1 failed"), "{r}");
+    assert!(
+        r.stderr
+            .contains("cannot start kernel \"missing-binary\" (`/nonexistent/kernel"),
+        "{r}"
+    );
+    assert!(
+        r.stdout.contains("n: 0 cells run, 0 skipped, 1 failed"),
+        "{r}"
+    );
 
     let r = f.run(&["clase", "n.ipynb", "--no-html", "--kernel", "exits"]);
     assert_eq!(r.code, Some(1), "{r}");
-    assert!(r.stderr.contains("kernel \"exits\" exited during start-up (exit status: 3)"), "{r}");
-    assert!(r.stderr.contains("no luck"), "the kernel's own output is shown: {r}");
+    assert!(
+        r.stderr
+            .contains("kernel \"exits\" exited during start-up (exit status: 3)"),
+        "{r}"
+    );
+    assert!(
+        r.stderr.contains("no luck"),
+        "the kernel's own output is shown: {r}"
+    );
 
     let t0 = Instant::now();
-    let r = f.run(&["clase", "n.ipynb", "--no-html", "--kernel", "sleeps", "--startup-timeout", "2"]);
+    let r = f.run(&[
+        "clase",
+        "n.ipynb",
+        "--no-html",
+        "--kernel",
+        "sleeps",
+        "--startup-timeout",
+        "2",
+    ]);
     assert_eq!(r.code, Some(1), "{r}");
     assert!(t0.elapsed().as_secs() < 20, "{r}");
-    assert!(r.stderr.contains("was not ready within the 2 s start-up timeout"), "{r}");
+    assert!(
+        r.stderr
+            .contains("was not ready within the 2 s start-up timeout"),
+        "{r}"
+    );
     assert_eq!(std::fs::read(&src).unwrap(), before);
-    assert!(files_in(&f.out()).is_empty(), "nothing written when no cell could run: {:?}", files_in(&f.out()));
+    assert!(
+        files_in(&f.out()).is_empty(),
+        "nothing written when no cell could run: {:?}",
+        files_in(&f.out())
+    );
 }
 
 #[test]
@@ -321,5 +499,46 @@ fn kernels_subcommand_lists_what_it_finds() {
     let f = Fixture::new();
     let r = f.run(&["kernels"]);
     assert_eq!(r.code, Some(0), "{r}");
-    assert!(r.stdout.contains(KERNEL) && r.stdout.contains("Python (aula-runner tests)"), "{r}");
+    assert!(
+        r.stdout.contains(KERNEL) && r.stdout.contains("Python (aula-runner tests)"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_rust_panic_reported_on_stderr_fails_the_cell() {
+    // evcxr catches a cell's panic, prints it on stderr and replies `ok`. A kernelspec whose
+    // language is Rust gets panic detection; this one is ipykernel wearing a Rust label.
+    let f = Fixture::new();
+    f.kernelspec(
+        "fake-rust",
+        json!({"argv": [venv_python(), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+               "display_name": "Rust (fake)", "language": "rust"}),
+    );
+    let panic_cell = "import sys\nprint(\"thread '<unnamed>' (42) panicked at src/lib.rs:9:1:\\nboom\\nnote: run with `RUST_BACKTRACE=1`\", file=sys.stderr)";
+    let warn_cell = "import sys\nprint('warning: unused variable', file=sys.stderr)";
+    f.notebook(
+        "p.ipynb",
+        &notebook(vec![
+            code(warn_cell),
+            code(panic_cell),
+            code("print('after')"),
+        ]),
+    );
+    let r = f.run(&["clase", "p.ipynb", "--no-html", "--kernel", "fake-rust"]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.contains("cell 2 failed"), "{r}");
+    assert!(
+        r.stderr
+            .contains("panic: boom\nthread '<unnamed>' (42) panicked at src/lib.rs:9:1:"),
+        "{r}"
+    );
+    assert!(
+        r.stdout.contains("p: 2 cells run, 0 skipped, 1 failed"),
+        "{r}"
+    );
+
+    // The same output from a Python kernel is just text on stderr.
+    let r = f.run(&["clase", "p.ipynb", "--no-html"]);
+    assert_eq!(r.code, Some(0), "{r}");
 }

@@ -15,7 +15,9 @@ pub fn venv() -> PathBuf {
     let cache = std::env::var_os("AULA_CACHE")
         .filter(|c| !c.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/aula"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/aula")
+        });
     let venv = cache.join("venv-jupyter");
     let python = venv.join("bin/python");
     assert!(
@@ -41,7 +43,9 @@ impl Fixture {
     /// (`python -m ipykernel_launcher -f {connection_file}` with the venv's python).
     pub fn new() -> Fixture {
         let python = venv_python();
-        let f = Fixture { dir: tempfile::tempdir().unwrap() };
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
         f.kernelspec(
             KERNEL,
             json!({
@@ -69,7 +73,11 @@ impl Fixture {
     pub fn kernelspec(&self, name: &str, spec: Value) {
         let dir = self.jupyter_path().join("kernels").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("kernel.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("kernel.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Writes a notebook (relative path) and returns its path.
@@ -127,7 +135,11 @@ impl From<Output> for Run {
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -147,7 +159,10 @@ pub fn notebook(cells: Vec<Value>) -> Value {
 static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn id() -> String {
-    format!("cell-{}", NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    format!(
+        "cell-{}",
+        NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 pub fn code(source: &str) -> Value {
@@ -184,7 +199,11 @@ pub fn text(v: &Value) -> String {
 /// All the files under `dir` (empty when it does not exist).
 pub fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
