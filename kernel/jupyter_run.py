@@ -51,10 +51,14 @@ class Kernel:
         self.kc = None
         self.ready_s = None
 
-    def start(self, timeout: float = 60.0) -> float:
-        """Starts the kernel; returns seconds from start to its first kernel_info_reply."""
+    def start(self, timeout: float = 60.0, env: dict | None = None) -> float:
+        """Starts the kernel (with `env` instead of ours, if given); returns seconds from start
+        to its first kernel_info_reply."""
         t0 = time.perf_counter()
-        self.km.start_kernel()
+        if env is not None:
+            self.km.start_kernel(env=env)
+        else:
+            self.km.start_kernel()
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=timeout)

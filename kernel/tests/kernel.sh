@@ -3,9 +3,10 @@
 #
 #  1. 4 kernels started at once each run aula cells with their own values; each has its own
 #     private directory, removed after shutdown; the template is untouched.
-#  2. A kernel killed with SIGKILL (no shutdown at all) leaves no private directory behind.
+#  2. A cold kernel killed with SIGKILL (no shutdown at all) leaves no private directory.
+#  3. A warm kernel (from the pool) killed with SIGKILL: its evcxr process and its directory go.
 #
-#   kernel/tests/kernel.sh [PYTHON]     (PYTHON: one with jupyter_client)
+#   kernel/tests/kernel.sh [PYTHON]     (PYTHON: one with jupyter_client; default: the jupyter venv)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 python=${1:-$(bash "$repo/scripts/setup-jupyter-venv.sh" | tail -n 1)/bin/python}
@@ -13,23 +14,54 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "test 1: 4 kernels at once"
-"$python" "$repo/scripts/bench-kernel.py" --runs 0 --concurrent 4 --no-copy-costs --out "$tmp/concurrent.json"
+"$python" "$repo/scripts/bench-kernel.py" --runs 0 --cold-runs 0 --concurrent 4 --no-copy-costs \
+  --out "$tmp/concurrent.json"
 
-echo "test 2: a killed kernel leaves no private directory"
+echo "test 2 and 3: a killed kernel, cold and warm, leaves nothing behind"
 "$python" - "$repo" <<'EOF'
-import os, signal, sys, time
-sys.path.insert(0, os.path.join(sys.argv[1], "kernel"))
+import glob, os, signal, subprocess, sys, time
+repo = sys.argv[1]
+sys.path.insert(0, os.path.join(repo, "kernel"))
 from jupyter_run import Kernel
-k = Kernel(name="aula")
-k.start(timeout=120)
-d = k.run('std::env::var("EVCXR_TMPDIR").unwrap()').text.strip().strip('"')
-assert os.path.isdir(d), d
-os.killpg(os.getpgid(k.pid()), signal.SIGKILL)   # the kernel and everything it started
-t = time.time()
-while os.path.exists(d) and time.time() - t < 30:
-    time.sleep(0.2)
-k.kc.stop_channels()
-assert not os.path.exists(d), f"{d} left behind"
-print(f"killed kernel: {d} removed after {time.time() - t:.1f} s")
+from jupyter_client.kernelspec import KernelSpecManager
+
+home = KernelSpecManager().get_kernel_spec("aula").argv[-2]
+launch = os.path.join(repo, "kernel", "launch.sh")
+
+def gone(pred, timeout=60):
+    t = time.time()
+    while not pred() and time.time() - t < timeout:
+        time.sleep(0.2)
+    return pred(), time.time() - t
+
+def kill_and_check(env, label, want_pooled):
+    k = Kernel(name="aula")
+    k.start(timeout=300, env=env)
+    with open(f"/proc/{k.pid()}/cmdline", "rb") as f:
+        pooled = b"pool.py" in f.read()
+    assert pooled == want_pooled, f"{label}: pooled={pooled}"
+    d = k.run('std::env::var("EVCXR_TMPDIR").unwrap()').text.strip().strip('"')
+    evcxr = int(k.run("std::os::unix::process::parent_id()").text.strip())  # the kernel's evcxr
+    assert os.path.isdir(d), d
+    os.killpg(os.getpgid(k.pid()), signal.SIGKILL)   # Jupyter's kernel process and its group
+    k.kc.stop_channels()
+    def clean():
+        return not os.path.exists(d) and not os.path.exists(f"/proc/{evcxr}")
+    ok, s = gone(clean)
+    assert ok, f"{label}: {d} or evcxr {evcxr} left behind"
+    print(f"{label}: evcxr gone and {d} removed {s:.1f} s after SIGKILL")
+
+kill_and_check({**os.environ, "AULA_KERNEL_POOL": "0"}, "cold kernel", False)
+
+# A spare for this directory and environment, started now (no delay, no cap), then claimed.
+key = subprocess.run(["bash", launch, "--print-key", home], capture_output=True, text=True, check=True).stdout.strip()
+ready = os.path.join(home, "pool", "ready")
+if not glob.glob(os.path.join(ready, key + ".*")):
+    subprocess.Popen([sys.executable, os.path.join(repo, "kernel", "pool.py"), "refill", home, key, launch],
+                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     env={**os.environ, "AULA_KERNEL_POOL_DELAY": "0", "AULA_KERNEL_POOL_MAX": "99"})
+ok, s = gone(lambda: glob.glob(os.path.join(ready, key + ".*")), timeout=900)
+assert ok, "no warm kernel after 900 s"
+kill_and_check(dict(os.environ), "warm kernel", True)
 EOF
 echo "kernel tests: ok"

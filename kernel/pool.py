@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Warm "Rust · aula" kernels: a pool of pre-started evcxr kernels and the proxy that hands one
+to the Jupyter client that asked for a kernel.
+
+Why: evcxr runs rust-analyzer in-process to infer the type of every `let`; for aula's dependency
+graph (≈ 170 crates) that costs 20-30 s of CPU in every new kernel, whatever is precompiled. A
+kernel started ahead of time has paid it.
+
+How (kernel/launch.sh calls this; see kernel/README.md):
+  refill HOME KEY LAUNCH   (in the background, detached) keeps AULA_KERNEL_POOL spares (default 1)
+      for KEY, and at most AULA_KERNEL_POOL_MAX (default 2) in all, each ≈ 1.3 GB of memory: copies the template, starts evcxr_jupyter through `LAUNCH --private`, waits until
+      it answers, marks it ready, then supervises it until it is claimed and released, dies,
+      idles for AULA_KERNEL_POOL_IDLE seconds (default 3600) or the template changes. It
+      waits AULA_KERNEL_POOL_DELAY seconds (default 30) first, not to slow the kernel that
+      asked for it.
+  serve HOME KEY CONNECTION_FILE LAUNCH   (exec'd by the launcher, so Jupyter's kernel process
+      is this proxy) claims a ready spare and forwards the five Jupyter channels between the
+      client's ports (CONNECTION_FILE, signed with its key) and the spare's (unsigned, on
+      127.0.0.1); with no spare ready it execs `LAUNCH --cold` instead.
+
+KEY is a hash of the template, the kernel configuration, the working directory and the
+environment (less per-launch noise such as JPY_*): a spare only serves a kernel that would
+have started exactly like it. Claiming is atomic (unlinking the ready marker); the claimer holds
+a shared lock on the spare's claim.lock, which the supervisor waits for before it kills the
+spare and deletes its directory.
+"""
+
+import errno
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+DELIM = b"<IDS|MSG>"
+
+
+def log(*a):
+    print("aula-pool:", *a, file=sys.stderr, flush=True)
+
+
+def pool_dirs(home):
+    pool = os.path.join(home, "pool")
+    ready = os.path.join(pool, "ready")
+    os.makedirs(ready, exist_ok=True)
+    return pool, ready
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def read_int(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def fingerprint(home):
+    try:
+        with open(os.path.join(home, "template.fingerprint")) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------------- refill
+def free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def kill_group(pgid):
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        t = time.time()
+        while time.time() - t < wait:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+def refill(home, key, launch):
+    pool, ready = pool_dirs(home)
+    want = int(os.environ.get("AULA_KERNEL_POOL", "1"))
+    idle = float(os.environ.get("AULA_KERNEL_POOL_IDLE", "3600"))
+    if want <= 0:
+        return 0
+    # Let the kernel that triggered this start and run its first cells without a spare's
+    # start-up (≈ 30 s of CPU) competing with it.
+    time.sleep(float(os.environ.get("AULA_KERNEL_POOL_DELAY", "30")))
+    lock = open(os.path.join(pool, f"refill.{key}.lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another refill for this key is at work
+    # Spares that are starting or ready (not claimed, not dead): of this key, and in all.
+    keys = [m.rsplit(".", 1)[0] for m in os.listdir(ready)]
+    for name in os.listdir(pool):
+        d = os.path.join(pool, name)
+        if name.startswith("s.") and os.path.exists(os.path.join(d, "starting")):
+            try:
+                with open(os.path.join(d, "key")) as f:
+                    k = f.read().strip()
+            except OSError:
+                continue
+            pid = read_int(os.path.join(d, "pid"))
+            if pid and alive(pid):
+                keys.append(k)
+    if keys.count(key) >= want or len(keys) >= int(os.environ.get("AULA_KERNEL_POOL_MAX", "2")):
+        return 0
+
+    spare = os.path.join(pool, "s." + secrets.token_hex(4))
+    sid = os.path.basename(spare)[2:]
+    os.makedirs(os.path.join(spare, "tmp"))
+    for name, text in (("key", key), ("starting", ""), ("fingerprint", fingerprint(home))):
+        with open(os.path.join(spare, name), "w") as f:
+            f.write(text)
+    open(os.path.join(spare, "claim.lock"), "w").close()
+    ports = free_ports(5)
+    conn = {"ip": "127.0.0.1", "transport": "tcp", "key": "", "signature_scheme": "hmac-sha256",
+            "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
+            "control_port": ports[3], "hb_port": ports[4], "kernel_name": "aula"}
+    conn_file = os.path.join(spare, "connection.json")
+    with open(conn_file, "w") as f:
+        json.dump(conn, f)
+    out = open(os.path.join(spare, "log"), "w")
+    proc = subprocess.Popen([launch, "--private", os.path.join(spare, "tmp"), home, conn_file],
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    with open(os.path.join(spare, "pid"), "w") as f:
+        f.write(str(proc.pid))
+
+    def cleanup():
+        kill_group(proc.pid)
+        proc.wait()
+        shutil.rmtree(spare, ignore_errors=True)
+
+    from jupyter_client.blocking import BlockingKernelClient
+    kc = BlockingKernelClient()
+    kc.load_connection_file(conn_file)
+    kc.start_channels()
+    try:
+        deadline = time.time() + 1800
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"evcxr exited ({proc.returncode}); see {spare}/log")
+            try:
+                kc.wait_for_ready(timeout=5)
+                break
+            except RuntimeError:
+                if time.time() > deadline:
+                    raise
+    except Exception as e:  # noqa: BLE001
+        kc.stop_channels()
+        log(f"spare failed to start: {e}")
+        cleanup()
+        return 1
+    kc.stop_channels()
+    marker = os.path.join(ready, f"{key}.{sid}")
+    open(marker, "w").close()
+    os.unlink(os.path.join(spare, "starting"))
+    lock.close()  # the spare counts as ready now
+
+    # Supervise until claimed and released, dead, idle too long, or stale.
+    since = time.time()
+    fp = fingerprint(home)
+    while True:
+        time.sleep(0.5)
+        if proc.poll() is not None:
+            try:
+                os.unlink(marker)
+            except FileNotFoundError:
+                pass  # claimed: the proxy notices the death and exits
+            break
+        if not os.path.exists(marker):
+            # Claimed (or withdrawn by install.sh): wait until the proxy lets go.
+            with open(os.path.join(spare, "claim.lock")) as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+            break
+        if time.time() - since > idle or fingerprint(home) != fp:
+            try:
+                os.unlink(marker)
+            except FileNotFoundError:
+                continue  # claimed right now: handled on the next round
+            break
+    cleanup()
+    return 0
+
+
+# ---------------------------------------------------------------------------------- serve
+def claim(home, key):
+    """Returns (spare dir, open claim.lock holding a shared lock) or (None, None)."""
+    pool, ready = pool_dirs(home)
+    markers = []
+    for m in os.listdir(ready):
+        if m.startswith(key + "."):
+            try:
+                markers.append((os.stat(os.path.join(ready, m)).st_mtime, m))
+            except FileNotFoundError:
+                pass
+    for _, m in sorted(markers):
+        spare = os.path.join(pool, "s." + m[len(key) + 1:])
+        try:
+            lock = open(os.path.join(spare, "claim.lock"))
+        except OSError:
+            continue
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            os.unlink(os.path.join(ready, m))
+        except FileNotFoundError:
+            lock.close()
+            continue
+        pid = read_int(os.path.join(spare, "pid"))
+        if pid and alive(pid):
+            return spare, lock
+        lock.close()
+    return None, None
+
+
+def sign(key, parts):
+    if not key:
+        return b""
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    for p in parts:
+        h.update(p)
+    return h.hexdigest().encode()
+
+
+def split(frames):
+    try:
+        i = frames.index(DELIM)
+    except ValueError:
+        return None
+    return frames[:i], frames[i + 1], frames[i + 2:]
+
+
+def serve(home, key, conn_file, launch):
+    spare, lock = claim(home, key)
+    # Whether we got one or not, make the next kernel find one (detached, lowest priority).
+    with open(os.path.join(home, "pool", "refill.log"), "a") as out:
+        subprocess.Popen(["nice", "-n", "19", sys.executable, os.path.abspath(__file__), "refill", home, key, launch],
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    if spare is None:
+        os.execv(launch, [launch, "--cold", home, conn_file])
+    import zmq
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with open(conn_file) as f:
+        front = json.load(f)
+    with open(os.path.join(spare, "connection.json")) as f:
+        back = json.load(f)
+    pid = read_int(os.path.join(spare, "pid"))
+    fkey = front.get("key", "").encode()
+    if front.get("signature_scheme", "hmac-sha256") not in ("hmac-sha256", ""):
+        log(f"unsupported signature scheme {front['signature_scheme']}")
+        sys.exit(1)
+
+    ctx = zmq.Context()
+
+    def faddr(port):
+        if front.get("transport", "tcp") == "ipc":
+            return f"ipc://{front['ip']}-{front[port]}"
+        return f"tcp://{front['ip']}:{front[port]}"
+
+    def baddr(port):
+        return f"tcp://{back['ip']}:{back[port]}"
+
+    ident = ("aula-proxy-" + secrets.token_hex(4)).encode()
+    b_shell = ctx.socket(zmq.DEALER)
+    b_shell.setsockopt(zmq.IDENTITY, ident)  # evcxr routes input_request to this identity on stdin
+    b_stdin = ctx.socket(zmq.DEALER)
+    b_stdin.setsockopt(zmq.IDENTITY, ident)
+    b_control = ctx.socket(zmq.DEALER)
+    b_iopub = ctx.socket(zmq.SUB)
+    b_iopub.setsockopt(zmq.SUBSCRIBE, b"")
+    b_hb = ctx.socket(zmq.DEALER)
+    for s, p in ((b_shell, "shell_port"), (b_stdin, "stdin_port"), (b_control, "control_port"),
+                 (b_iopub, "iopub_port"), (b_hb, "hb_port")):
+        s.setsockopt(zmq.LINGER, 1000)
+        s.connect(baddr(p))
+
+    # Handshake: a kernel_info of our own until its iopub status arrives, so that no output
+    # of the client's requests is lost while the subscription is being set up.
+    deadline = time.time() + 30
+    ok = False
+    while time.time() < deadline and not ok:
+        msg_id = secrets.token_hex(8)
+        header = json.dumps({"msg_id": msg_id, "msg_type": "kernel_info_request", "username": "aula",
+                             "session": "aula-proxy", "date": "", "version": "5.3"}).encode()
+        b_shell.send_multipart([DELIM, b"", header, b"{}", b"{}", b"{}"])
+        t = time.time()
+        while time.time() - t < 1.0 and not ok:
+            if b_iopub.poll(100):
+                parts = split(b_iopub.recv_multipart())
+                if parts and len(parts[2]) >= 2 and json.loads(parts[2][1] or b"{}").get("msg_id") == msg_id:
+                    ok = True
+            while b_shell.poll(0):
+                b_shell.recv_multipart()  # our kernel_info_reply
+    if not ok:
+        log(f"spare {spare} does not answer; starting a kernel the slow way")
+        lock.close()
+        os.execv(launch, [launch, "--cold", home, conn_file])
+    time.sleep(0.05)
+    while b_shell.poll(50):
+        b_shell.recv_multipart()
+    while b_iopub.poll(0):
+        b_iopub.recv_multipart()
+
+    f_shell = ctx.socket(zmq.ROUTER)
+    f_stdin = ctx.socket(zmq.ROUTER)
+    f_control = ctx.socket(zmq.ROUTER)
+    f_iopub = ctx.socket(zmq.PUB)
+    f_hb = ctx.socket(zmq.ROUTER)
+    for s, p in ((f_shell, "shell_port"), (f_stdin, "stdin_port"), (f_control, "control_port"),
+                 (f_iopub, "iopub_port"), (f_hb, "hb_port")):
+        s.setsockopt(zmq.LINGER, 1000)
+        s.bind(faddr(p))
+
+    def to_back(frames, sock):
+        parts = split(frames)
+        if parts is None:
+            return
+        ids, sig, jparts = parts
+        if fkey and not hmac.compare_digest(sign(fkey, jparts), sig):
+            log("dropping a message with a bad signature")
+            return
+        sock.send_multipart(ids + [DELIM, b""] + jparts)
+
+    shutting_down = [False]
+
+    def to_front(frames, sock):
+        parts = split(frames)
+        if parts is None:
+            return
+        ids, _sig, jparts = parts
+        if sock is f_control and jparts:
+            try:
+                if json.loads(jparts[0]).get("msg_type") == "shutdown_reply":
+                    shutting_down[0] = True
+            except ValueError:
+                pass
+        sock.send_multipart(ids + [DELIM, sign(fkey, jparts)] + jparts)
+
+    routes = {
+        f_shell: lambda m: to_back(m, b_shell),
+        f_stdin: lambda m: to_back(m, b_stdin),
+        f_control: lambda m: to_back(m, b_control),
+        b_shell: lambda m: to_front(m, f_shell),
+        b_stdin: lambda m: to_front(m, f_stdin),
+        b_control: lambda m: to_front(m, f_control),
+        b_iopub: lambda m: to_front(m, f_iopub),
+        f_hb: lambda m: b_hb.send_multipart(m),
+        b_hb: lambda m: f_hb.send_multipart(m),
+    }
+    poller = zmq.Poller()
+    for s in routes:
+        poller.register(s, zmq.POLLIN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    last_check = time.time()
+    done_at = None
+    while True:
+        for s, _ in poller.poll(200):
+            routes[s](s.recv_multipart())
+        now = time.time()
+        if now - last_check > 0.5:
+            last_check = now
+            if not (pid and alive(pid)):
+                if done_at is None:
+                    done_at = now  # flush what is left, then go
+                elif now - done_at > 0.5:
+                    break
+            elif shutting_down[0]:
+                if done_at is None:
+                    done_at = now
+                elif now - done_at > 5:
+                    break  # evcxr replied but lingers: the supervisor kills it
+    ctx.destroy(linger=500)
+    return 0
+
+
+def main():
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    if cmd == "refill" and len(sys.argv) == 5:
+        return refill(*sys.argv[2:])
+    if cmd == "serve" and len(sys.argv) == 6:
+        return serve(*sys.argv[2:])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
