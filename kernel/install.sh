@@ -20,7 +20,9 @@ set -euo pipefail
 EVCXR_VERSION=0.22.0
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${AULA_CACHE:-$HOME/.cache/aula}
-home=$cache/kernel
+# One kernel home per checkout (its template is built from that checkout's crates/aula); the
+# kernelspec "aula" points to the checkout that ran `make kernel` last.
+home=$cache/kernel/$(basename "$repo")-$(printf '%s' "$repo" | sha256sum | cut -c1-8)
 python=
 force=
 while [ $# -gt 0 ]; do
@@ -81,6 +83,16 @@ LIBTORCH=$libtorch
 POOL_PYTHON=$python
 EOF
 mv "$home/kernel.env.tmp" "$home/kernel.env"
+# Cargo reads this for the template and every kernel copy (they all live under $home). evcxr
+# builds everything at its opt-level (2); the cell crate (`ctx`, rebuilt at every cell) at 0
+# compiles the first lesson cell in 2.3 s instead of 4.0 s. aula, tch and every dependency
+# stay at 2, so the template is unaffected; only code written in cells runs unoptimised.
+mkdir -p "$home/.cargo"
+cat > "$home/.cargo/config.toml" <<'EOF'
+# Written by kernel/install.sh.
+[profile.dev.package.ctx]
+opt-level = 0
+EOF
 
 # --- 4. the template -------------------------------------------------------------------
 fingerprint() {
@@ -105,10 +117,23 @@ else
   new=$home/template.new
   rm -rf "$new" "$new.env0"
   mkdir -p "$new"
-  if [ -z "$force" ] && [ -f "$home/template/.complete" ]; then
-    say "aula or the toolchain changed: rebuilding the template from the previous one"
-    AULA_KERNEL_COPY=link bash "$repo/kernel/copy-template.sh" "$home/template" "$new"
+  # Start from the previous template, or another checkout's: cargo then recompiles only what
+  # changed (aula), not its ≈ 170 dependencies.
+  seed=
+  if [ -z "$force" ]; then
+    if [ -f "$home/template/.complete" ]; then
+      seed=$home/template
+    else
+      seed=$(ls -dt "$cache"/kernel/*/template/.complete "$cache"/kernel/template/.complete 2>/dev/null | head -n 1 || true)
+      seed=${seed%/.complete}
+    fi
+  fi
+  if [ -n "$seed" ]; then
+    say "rebuilding the template from $seed (only what changed recompiles)"
+    ( flock -s 8; AULA_KERNEL_COPY=link bash "$repo/kernel/copy-template.sh" "$seed" "$new" ) 8< "$(dirname "$seed")/template.lock"
     rm -f "$new/.complete"
+  else
+    say "building the template from scratch (≈ 15 min on 2 cores, once)"
   fi
   # Start from the workspace's lock file: the kernel gets the dependency versions the
   # tests ran with (cargo drops what aula does not use), and needs no network.

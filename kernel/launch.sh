@@ -9,7 +9,9 @@
 #                         the caller removes
 #   kernel/launch.sh --in-place DIR KERNEL_HOME CONNECTION_FILE   (install.sh) build the
 #                         template: evcxr works in DIR itself
-#   kernel/launch.sh --print-key KERNEL_HOME    the pool key of this directory and environment
+#   kernel/launch.sh --print-key [KERNEL_HOME]  the pool key of this directory and environment
+#   kernel/launch.sh --prewarm [KERNEL_HOME]    start a warm kernel for them now (background);
+#                         KERNEL_HOME defaults to the installed kernelspec's
 #
 # KERNEL_HOME (${AULA_CACHE:-~/.cache/aula}/kernel, written by kernel/install.sh) holds
 #   template/    a prebuilt evcxr build directory (EVCXR_TMPDIR) where aula and all its
@@ -37,7 +39,13 @@ mode=serve
 dir=
 case "${1:-}" in
   --cold) mode=cold; shift ;;
-  --print-key) mode=print-key; shift; set -- "$1" - ;;
+  --print-key|--prewarm)
+    mode=${1#--}; shift
+    if [ $# -eq 0 ]; then  # the installed kernelspec's kernel home
+      spec=${JUPYTER_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/jupyter}/kernels/aula/kernel.json
+      set -- "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["argv"][1])' "$spec")"
+    fi
+    set -- "$1" - ;;
   --private|--in-place) mode=${1#--}; dir=$2; shift 2 ;;
 esac
 if [ $# -ne 2 ]; then
@@ -59,13 +67,23 @@ source "$home/kernel.env"
 # configuration, working directory and environment (less per-launch noise).
 pool_key() {
   {
-    cat "$home/template.fingerprint" "$home/kernel.env" "$home/build-env" "$self" 2>/dev/null
+    cat "$home/template.fingerprint" "$home/kernel.env" "$home/build-env" "$home/.cargo/config.toml" "$self" 2>/dev/null
     pwd -P
     env -0 | grep -zvE '^(JPY_[A-Z_]*|PYDEVD_[A-Z_]*|MAKEFLAGS|MAKELEVEL|MFLAGS|MAKE_TERMOUT|MAKE_TERMERR|SHLVL|_|OLDPWD|PWD|AULA_KERNEL_POOL[A-Z_]*)=' | LC_ALL=C sort -z
   } | sha256sum | cut -c1-16
 }
 if [ "$mode" = print-key ]; then
   pool_key
+  exit 0
+fi
+if [ "$mode" = prewarm ]; then
+  # A warm kernel for kernels that will start from this directory with this environment
+  # (e.g. `cd notebooks && kernel/launch.sh --prewarm HOME && jupyter lab`), starting now.
+  key=$(pool_key)
+  mkdir -p "$home/pool/ready" "$home/pool/demand"
+  touch "$home/pool/demand/$key"
+  AULA_KERNEL_POOL_DELAY=0 setsid -f nice -n 19 "$POOL_PYTHON" "$here/pool.py" refill "$home" "$key" "$self" \
+    < /dev/null >> "$home/pool/refill.log" 2>&1
   exit 0
 fi
 if [ "$mode" = serve ]; then

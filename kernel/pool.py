@@ -81,14 +81,23 @@ def fingerprint(home):
 
 # --------------------------------------------------------------------------------- refill
 def free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
+    """Free ports below Linux's ephemeral range (32768-60999), where Jupyter clients pick theirs
+    (bind to port 0): a port a client has chosen for a kernel that has not bound it yet (our
+    launcher copies the template first) is never given to a spare."""
+    import random
+    ports = []
+    while len(ports) < n:
+        p = random.randrange(20000, 32000)
+        if p in ports:
+            continue
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
+        try:
+            s.bind(("127.0.0.1", p))
+            ports.append(p)
+        except OSError:
+            pass
+        finally:
+            s.close()
     return ports
 
 
@@ -107,6 +116,42 @@ def kill_group(pgid):
             time.sleep(0.1)
 
 
+def sweep(pool, ready):
+    """Removes spares whose supervisor is gone (killed, or the machine stopped): their
+    supervisor.lock is free. Kills their evcxr if it still runs."""
+    for name in os.listdir(pool):
+        d = os.path.join(pool, name)
+        if not name.startswith("s."):
+            continue
+        try:
+            f = open(os.path.join(d, "supervisor.lock"))
+        except OSError:
+            if time.time() - os.stat(d).st_mtime > 60:  # half-made (no lock yet) and old
+                shutil.rmtree(d, ignore_errors=True)
+            continue
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # looked after
+            for m in os.listdir(ready):
+                if m.endswith("." + name[2:]):
+                    try:
+                        os.unlink(os.path.join(ready, m))
+                    except FileNotFoundError:
+                        pass
+            pid = read_int(os.path.join(d, "pid"))
+            try:  # still this spare's evcxr (not a reused pid)?
+                with open(f"/proc/{pid}/cmdline", "rb") as c:
+                    ours = os.path.join(d, "connection.json").encode() in c.read()
+            except (OSError, TypeError):
+                ours = False
+            if ours:
+                kill_group(pid)
+            shutil.rmtree(d, ignore_errors=True)
+            log(f"removed {d}, left by a supervisor that is gone")
+
+
 def refill(home, key, launch):
     pool, ready = pool_dirs(home)
     want = int(os.environ.get("AULA_KERNEL_POOL", "1"))
@@ -121,6 +166,7 @@ def refill(home, key, launch):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another refill for this key is at work
+    sweep(pool, ready)
     # Spares that are starting or ready (not claimed, not dead): of this key, and in all.
     keys = [m.rsplit(".", 1)[0] for m in os.listdir(ready)]
     for name in os.listdir(pool):
@@ -140,6 +186,9 @@ def refill(home, key, launch):
     spare = os.path.join(pool, "s." + secrets.token_hex(4))
     sid = os.path.basename(spare)[2:]
     os.makedirs(os.path.join(spare, "tmp"))
+    # Held for as long as this process looks after the spare (see sweep).
+    supervisor = open(os.path.join(spare, "supervisor.lock"), "w")
+    fcntl.flock(supervisor, fcntl.LOCK_EX)
     for name, text in (("key", key), ("starting", ""), ("fingerprint", fingerprint(home))):
         with open(os.path.join(spare, name), "w") as f:
             f.write(text)
@@ -158,20 +207,24 @@ def refill(home, key, launch):
     with open(os.path.join(spare, "pid"), "w") as f:
         f.write(str(proc.pid))
 
-    def cleanup():
+    def cleanup(failed=False):
         kill_group(proc.pid)
         proc.wait()
+        if failed:
+            shutil.copy(os.path.join(spare, "log"), os.path.join(pool, "last-failure.log"))
         shutil.rmtree(spare, ignore_errors=True)
 
     from jupyter_client.blocking import BlockingKernelClient
     kc = BlockingKernelClient()
     kc.load_connection_file(conn_file)
-    kc.start_channels()
+    # No heartbeat channel: evcxr_jupyter 0.22's heartbeat task ends for good when a peer
+    # disconnects ("hb error: Connection reset by peer").
+    kc.start_channels(hb=False)
     try:
         deadline = time.time() + 1800
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"evcxr exited ({proc.returncode}); see {spare}/log")
+                raise RuntimeError(f"evcxr exited ({proc.returncode}); see {pool}/last-failure.log")
             try:
                 kc.wait_for_ready(timeout=5)
                 break
@@ -181,7 +234,7 @@ def refill(home, key, launch):
     except Exception as e:  # noqa: BLE001
         kc.stop_channels()
         log(f"spare failed to start: {e}")
-        cleanup()
+        cleanup(failed=True)
         return 1
     kc.stop_channels()
     marker = os.path.join(ready, f"{key}.{sid}")
@@ -278,6 +331,13 @@ def serve(home, key, conn_file, launch):
     with open(os.path.join(spare, "connection.json")) as f:
         back = json.load(f)
     pid = read_int(os.path.join(spare, "pid"))
+    # The spare started at the lowest priority (not to slow the kernel that asked for it); it
+    # is a user's kernel now. (Raising a priority needs privileges or RLIMIT_NICE; if that is
+    # refused it keeps nice 19, which only matters on a busy machine.)
+    try:
+        os.setpriority(os.PRIO_PGRP, pid, 0)
+    except (OSError, TypeError):
+        pass
     fkey = front.get("key", "").encode()
     if front.get("signature_scheme", "hmac-sha256") not in ("hmac-sha256", ""):
         log(f"unsupported signature scheme {front['signature_scheme']}")
@@ -301,39 +361,13 @@ def serve(home, key, conn_file, launch):
     b_control = ctx.socket(zmq.DEALER)
     b_iopub = ctx.socket(zmq.SUB)
     b_iopub.setsockopt(zmq.SUBSCRIBE, b"")
-    b_hb = ctx.socket(zmq.DEALER)
     for s, p in ((b_shell, "shell_port"), (b_stdin, "stdin_port"), (b_control, "control_port"),
-                 (b_iopub, "iopub_port"), (b_hb, "hb_port")):
+                 (b_iopub, "iopub_port")):
         s.setsockopt(zmq.LINGER, 1000)
         s.connect(baddr(p))
 
-    # Handshake: a kernel_info of our own until its iopub status arrives, so that no output
-    # of the client's requests is lost while the subscription is being set up.
-    deadline = time.time() + 30
-    ok = False
-    while time.time() < deadline and not ok:
-        msg_id = secrets.token_hex(8)
-        header = json.dumps({"msg_id": msg_id, "msg_type": "kernel_info_request", "username": "aula",
-                             "session": "aula-proxy", "date": "", "version": "5.3"}).encode()
-        b_shell.send_multipart([DELIM, b"", header, b"{}", b"{}", b"{}"])
-        t = time.time()
-        while time.time() - t < 1.0 and not ok:
-            if b_iopub.poll(100):
-                parts = split(b_iopub.recv_multipart())
-                if parts and len(parts[2]) >= 2 and json.loads(parts[2][1] or b"{}").get("msg_id") == msg_id:
-                    ok = True
-            while b_shell.poll(0):
-                b_shell.recv_multipart()  # our kernel_info_reply
-    if not ok:
-        log(f"spare {spare} does not answer; starting a kernel the slow way")
-        lock.close()
-        os.execv(launch, [launch, "--cold", home, conn_file])
-    time.sleep(0.05)
-    while b_shell.poll(50):
-        b_shell.recv_multipart()
-    while b_iopub.poll(0):
-        b_iopub.recv_multipart()
-
+    # The client's ports first: its connections (and iopub subscription) are made while we
+    # check the spare; its first requests wait in the sockets meanwhile.
     f_shell = ctx.socket(zmq.ROUTER)
     f_stdin = ctx.socket(zmq.ROUTER)
     f_control = ctx.socket(zmq.ROUTER)
@@ -343,6 +377,37 @@ def serve(home, key, conn_file, launch):
                  (f_iopub, "iopub_port"), (f_hb, "hb_port")):
         s.setsockopt(zmq.LINGER, 1000)
         s.bind(faddr(p))
+
+    # Handshake: a kernel_info of our own until its iopub status arrives, so that no output
+    # of the client's requests is lost while the subscription is being set up.
+    deadline = time.time() + 30
+    ok = False
+    sent = set()
+    while time.time() < deadline and not ok:
+        msg_id = secrets.token_hex(8)
+        sent.add(msg_id)
+        header = json.dumps({"msg_id": msg_id, "msg_type": "kernel_info_request", "username": "aula",
+                             "session": "aula-proxy", "date": "", "version": "5.3"}).encode()
+        b_shell.send_multipart([DELIM, b"", header, b"{}", b"{}", b"{}"])
+        t = time.time()
+        while time.time() - t < 0.1 and not ok:
+            if b_iopub.poll(20):
+                parts = split(b_iopub.recv_multipart())
+                if parts and len(parts[2]) >= 2 and json.loads(parts[2][1] or b"{}").get("msg_id") in sent:
+                    ok = True
+            while b_shell.poll(0):
+                b_shell.recv_multipart()  # our kernel_info_reply
+    if not ok:
+        log(f"spare {spare} does not answer; starting a kernel the slow way")
+        ctx.destroy(linger=0)  # the client's ports, for the cold kernel to bind
+        lock.close()
+        os.execv(launch, [launch, "--cold", home, conn_file])
+    time.sleep(0.05)
+    while b_shell.poll(50):
+        b_shell.recv_multipart()
+    while b_iopub.poll(0):
+        b_iopub.recv_multipart()
+
 
     def to_back(frames, sock):
         parts = split(frames)
@@ -377,8 +442,9 @@ def serve(home, key, conn_file, launch):
         b_stdin: lambda m: to_front(m, f_stdin),
         b_control: lambda m: to_front(m, f_control),
         b_iopub: lambda m: to_front(m, f_iopub),
-        f_hb: lambda m: b_hb.send_multipart(m),
-        b_hb: lambda m: f_hb.send_multipart(m),
+        # The heartbeat is answered here while evcxr lives (its own ends with the first peer
+        # that disconnects, see refill).
+        f_hb: lambda m: f_hb.send_multipart(m),
     }
     poller = zmq.Poller()
     for s in routes:

@@ -39,13 +39,14 @@ from jupyter_run import Kernel  # noqa: E402
 
 FIRST_AULA_CELL = 'let conv_base = VGG16("none", false, (150, 150, 3))?;\nconv_base.summary()'
 TARGETS = {"kernel_ready_s": 10.0, "first_aula_cell_s": 3.0, "trivial_cell_s": 0.3}
-LAUNCH = os.path.join(REPO, "kernel", "launch.sh")
+kernel_spec_launch = None  # the installed kernelspec's launch.sh
 
 
-def kernel_home(name: str) -> str:
+def kernel_spec(name: str) -> tuple:
+    """The installed kernel's (launch.sh, kernel home): argv = [launch.sh, HOME, {connection_file}]."""
     from jupyter_client.kernelspec import KernelSpecManager
-    spec = KernelSpecManager().get_kernel_spec(name)
-    return spec.argv[-2]  # [launch.sh, KERNEL_HOME, {connection_file}]
+    argv = KernelSpecManager().get_kernel_spec(name).argv
+    return argv[0], argv[-2]
 
 
 def private_dir(k: Kernel) -> str:
@@ -83,15 +84,16 @@ def snapshot(path: str) -> list:
 def wait_for_spare(home: str, timeout: float) -> float:
     """Waits until the pool holds a warm kernel for this directory and environment (starting a
     refill if none is on its way); returns the seconds waited."""
-    key = subprocess.run(["bash", LAUNCH, "--print-key", home], capture_output=True, text=True,
+    launch = kernel_spec_launch
+    key = subprocess.run(["bash", launch, "--print-key", home], capture_output=True, text=True,
                          check=True).stdout.strip()
     ready = os.path.join(home, "pool", "ready")
     t0 = time.time()
     if not glob.glob(os.path.join(ready, key + ".*")):
         os.makedirs(ready, exist_ok=True)
         with open(os.path.join(home, "pool", "refill.log"), "a") as log:
-            subprocess.Popen(["nice", "-n", "19", sys.executable, os.path.join(REPO, "kernel", "pool.py"),
-                              "refill", home, key, LAUNCH],
+            subprocess.Popen(["nice", "-n", "19", sys.executable, os.path.join(os.path.dirname(launch), "pool.py"),
+                              "refill", home, key, launch],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                              env={**os.environ, "AULA_KERNEL_POOL_DELAY": "0", "AULA_KERNEL_POOL_MAX": "99"})
     while not glob.glob(os.path.join(ready, key + ".*")) and time.time() - t0 < timeout:
@@ -131,6 +133,8 @@ def concurrent_worker(args) -> dict:
     try:
         r["ready_s"] = k.start(timeout=timeout)
         r["pooled"] = pooled(k)
+        r["ports"] = {p: k.km.get_connection_info().get(p) for p in
+                      ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")}
         cells = [
             (FIRST_AULA_CELL, "14,714,688"),
             # A value of its own per kernel, kept across cells.
@@ -150,6 +154,8 @@ def concurrent_worker(args) -> dict:
         r["private_dir"] = private_dir(k)
     except Exception as e:  # noqa: BLE001 - reported in the JSON
         r["exception"] = repr(e)
+        r.setdefault("ports", {p: k.km.get_connection_info().get(p) for p in
+                               ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")})
     finally:
         k.shutdown()
     r["wall_s"] = time.perf_counter() - t0
@@ -225,8 +231,11 @@ def main() -> int:
     ap.add_argument("--enforce", action="store_true", help="fail when a median misses its target")
     args = ap.parse_args()
 
-    home = kernel_home(args.kernel)
-    report = {"kernel": args.kernel, "kernel_home": home, "targets": TARGETS,
+    global kernel_spec_launch
+    kernel_spec_launch, home = kernel_spec(args.kernel)
+    if os.path.dirname(os.path.dirname(os.path.abspath(kernel_spec_launch))) != REPO:
+        print(f"note: the installed kernel is {kernel_spec_launch}'s, not this checkout's", flush=True)
+    report = {"kernel": args.kernel, "kernel_home": home, "launcher": kernel_spec_launch, "targets": TARGETS,
               "machine": {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
                           "python": platform.python_version()}}
     ok = True

@@ -7,15 +7,18 @@
 #  3. A warm kernel (from the pool) killed with SIGKILL: its evcxr process and its directory go.
 #
 #   kernel/tests/kernel.sh [PYTHON]     (PYTHON: one with jupyter_client; default: the jupyter venv)
+#   SKIP_CONCURRENT=1 kernel/tests/kernel.sh     (tests 2 and 3 only)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 python=${1:-$(bash "$repo/scripts/setup-jupyter-venv.sh" | tail -n 1)/bin/python}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-echo "test 1: 4 kernels at once"
-"$python" "$repo/scripts/bench-kernel.py" --runs 0 --cold-runs 0 --concurrent 4 --no-copy-costs \
-  --out "$tmp/concurrent.json"
+if [ -z "${SKIP_CONCURRENT:-}" ]; then
+  echo "test 1: 4 kernels at once"
+  "$python" "$repo/scripts/bench-kernel.py" --runs 0 --cold-runs 0 --concurrent 4 --no-copy-costs \
+    --out "$tmp/concurrent.json"
+fi
 
 echo "test 2 and 3: a killed kernel, cold and warm, leaves nothing behind"
 "$python" - "$repo" <<'EOF'
@@ -25,8 +28,8 @@ sys.path.insert(0, os.path.join(repo, "kernel"))
 from jupyter_run import Kernel
 from jupyter_client.kernelspec import KernelSpecManager
 
-home = KernelSpecManager().get_kernel_spec("aula").argv[-2]
-launch = os.path.join(repo, "kernel", "launch.sh")
+argv = KernelSpecManager().get_kernel_spec("aula").argv   # [launch.sh, HOME, {connection_file}]
+launch, home = argv[0], argv[-2]
 
 def gone(pred, timeout=60):
     t = time.time()
@@ -45,8 +48,14 @@ def kill_and_check(env, label, want_pooled):
     assert os.path.isdir(d), d
     os.killpg(os.getpgid(k.pid()), signal.SIGKILL)   # Jupyter's kernel process and its group
     k.kc.stop_channels()
+    def evcxr_gone():  # a zombie (not yet reaped by its parent: this test, for a cold kernel) is gone
+        try:
+            with open(f"/proc/{evcxr}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
     def clean():
-        return not os.path.exists(d) and not os.path.exists(f"/proc/{evcxr}")
+        return not os.path.exists(d) and evcxr_gone()
     ok, s = gone(clean)
     assert ok, f"{label}: {d} or evcxr {evcxr} left behind"
     print(f"{label}: evcxr gone and {d} removed {s:.1f} s after SIGKILL")
@@ -57,7 +66,7 @@ kill_and_check({**os.environ, "AULA_KERNEL_POOL": "0"}, "cold kernel", False)
 key = subprocess.run(["bash", launch, "--print-key", home], capture_output=True, text=True, check=True).stdout.strip()
 ready = os.path.join(home, "pool", "ready")
 if not glob.glob(os.path.join(ready, key + ".*")):
-    subprocess.Popen([sys.executable, os.path.join(repo, "kernel", "pool.py"), "refill", home, key, launch],
+    subprocess.Popen([sys.executable, os.path.join(os.path.dirname(launch), "pool.py"), "refill", home, key, launch],
                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      env={**os.environ, "AULA_KERNEL_POOL_DELAY": "0", "AULA_KERNEL_POOL_MAX": "99"})
 ok, s = gone(lambda: glob.glob(os.path.join(ready, key + ".*")), timeout=900)

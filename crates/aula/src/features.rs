@@ -48,12 +48,21 @@ pub fn weights_fingerprint(model: &Sequential) -> String {
 /// Runs `conv_base` once over every image of `generator` (in file order), with a progress bar; loads the result from the cache when the
 /// weights, files and preprocessing are unchanged.
 pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -> Result<Features> {
+    if !generator.generator().augmentation.is_identity() {
+        bail!(
+            "extract_features runs every image through the conv base once, so random augmentations would be \
+             frozen into the features: for data augmentation put the conv base inside the model (\"Alternativa 2\") \
+             and train with fit_generator"
+        );
+    }
     let key = {
         let mut h = Sha256::new();
         h.update(weights_fingerprint(conv_base));
         h.update(generator.content_key()?);
         // Preprocessing, image size and order change the features too.
-        h.update(format!("{:?} {:?} {:?}", generator.generator(), generator.target_size(), conv_base.input_shape()));
+        // (The text is the one used before augmentation existed, so existing caches stay valid.)
+        let preprocessing = format!("ImageDataGenerator {{ preprocessing: {:?} }}", generator.generator().preprocessing);
+        h.update(format!("{preprocessing} {:?} {:?}", generator.target_size(), conv_base.input_shape()));
         hex::encode(h.finalize())
     };
     let path = crate::paths::cache_dir().join("features").join(format!("{}.safetensors", &key[..32]));

@@ -8,7 +8,8 @@
 //! - [`data`]: `ImageDataGenerator(...).flow_from_directory(...)`;
 //! - [`features`]: "Alternativa 1", run the conv base once and keep the features;
 //! - [`train`]: compile / fit / evaluate with RMSprop and a `History`;
-//! - [`curves`]: raw and smoothed accuracy and loss curves.
+//! - [`curves`]: raw and smoothed accuracy and loss curves;
+//! - [`rendered`]: the results of the "no ejecutar en clase" cells, restored in class.
 
 pub mod curves;
 pub mod data;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod paths;
 pub mod progress;
+pub mod rendered;
 pub mod train;
 pub mod weights;
 
@@ -35,6 +37,7 @@ pub mod prelude {
     pub use crate::features::extract_features;
     pub use crate::model::{vgg16, Dense, Dropout, Flatten, Sequential, VGG16};
     pub use crate::train::{seed, History, RMSprop};
+    pub use crate::model::layers::{Conv2D, MaxPooling2D};
     pub use crate::weights::Weights;
     pub use crate::{Device, Kind, Tensor};
     pub use serde_json::json;

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
 use super::image_io::IMAGE_EXTENSIONS;
+use super::augment::Augmentation;
 use super::image_io::{decode_all, has_image_extension, images_to_tensor, Preprocessing};
 
 /// What the labels of a batch look like (Keras's `class_mode`).
@@ -38,24 +39,70 @@ pub enum ClassMode {
 pub struct ImageDataGenerator {
     /// Pixel scaling: `rescale=1./255` or VGG16's 'caffe' preprocessing.
     pub preprocessing: Preprocessing,
-    // Data augmentation (rotation, shifts, shear, zoom, flips) will be added
-    // here; batches already go through `DirectoryIterator::load_batch`, the
-    // one place that will apply it.
+    /// Random transformations applied to every batch (none by default).
+    pub augmentation: Augmentation,
 }
 
 impl ImageDataGenerator {
     /// `ImageDataGenerator(rescale=factor)`, e.g. `rescale(1.0 / 255.0)`.
     pub fn rescale(factor: f32) -> Self {
-        ImageDataGenerator {
-            preprocessing: Preprocessing::Rescale(factor),
-        }
+        ImageDataGenerator { preprocessing: Preprocessing::Rescale(factor), ..Default::default() }
     }
 
     /// VGG16's own preprocessing (`vgg16.preprocess_input`, 'caffe' mode).
     pub fn caffe() -> Self {
-        ImageDataGenerator {
-            preprocessing: Preprocessing::Caffe,
-        }
+        ImageDataGenerator { preprocessing: Preprocessing::Caffe, ..Default::default() }
+    }
+
+    /// `rotation_range=40`: degrees.
+    pub fn rotation_range(mut self, degrees: f64) -> Self {
+        self.augmentation.rotation_range = degrees;
+        self
+    }
+
+    /// `width_shift_range=0.2`: fraction of the width.
+    pub fn width_shift_range(mut self, fraction: f64) -> Self {
+        self.augmentation.width_shift_range = fraction;
+        self
+    }
+
+    /// `height_shift_range=0.2`: fraction of the height.
+    pub fn height_shift_range(mut self, fraction: f64) -> Self {
+        self.augmentation.height_shift_range = fraction;
+        self
+    }
+
+    /// `shear_range=0.2`: degrees, as in Keras.
+    pub fn shear_range(mut self, degrees: f64) -> Self {
+        self.augmentation.shear_range = degrees;
+        self
+    }
+
+    /// `zoom_range=0.2`: factors in [0.8, 1.2].
+    pub fn zoom_range(mut self, range: f64) -> Self {
+        self.augmentation.zoom_range = range;
+        self
+    }
+
+    /// `horizontal_flip=True`.
+    pub fn horizontal_flip(mut self, flip: bool) -> Self {
+        self.augmentation.horizontal_flip = flip;
+        self
+    }
+
+    /// `fill_mode='nearest'` (also 'constant' and 'reflect').
+    pub fn fill_mode(mut self, mode: &str) -> Result<Self> {
+        self.augmentation.fill_mode = mode.parse()?;
+        Ok(self)
+    }
+
+    /// `count` augmented versions of one image file (values 0..1 for
+    /// `ImageGrid`), the slide's picture of what augmentation does.
+    pub fn augmented_versions(&self, path: impl AsRef<Path>, target_size: (u32, u32), count: usize, seed: u64) -> Result<Tensor> {
+        let path = path.as_ref();
+        let image = super::image_io::load_image(path, target_size)?;
+        let x = images_to_tensor(&vec![image; count], &Preprocessing::Rescale(1.0));
+        Ok(self.augmentation.apply(&x, seed) / 255.0)
     }
 
     /// `flow_from_directory(directory, target_size=(h, w), batch_size=..., class_mode=...)`.
@@ -319,10 +366,47 @@ impl DirectoryIterator {
     pub fn load_batch(&self, indices: &[usize]) -> Result<(Tensor, Tensor)> {
         let paths: Vec<PathBuf> = indices.iter().map(|&i| self.filepaths[i].clone()).collect();
         let images = decode_all(&paths, self.target_size)?;
-        let x = images_to_tensor(&images, &self.generator.preprocessing);
+        let augmentation = &self.generator.augmentation;
+        let x = if augmentation.is_identity() {
+            // Preprocessing folded into the u8 → f32 copy.
+            images_to_tensor(&images, &self.generator.preprocessing)
+        } else {
+            // As Keras: transform the 0..255 pixels, then rescale (so 'constant'
+            // fills black whatever the preprocessing).
+            let raw = images_to_tensor(&images, &Preprocessing::Rescale(1.0));
+            self.generator.preprocessing.apply(&augmentation.apply(&raw, self.augment_seed(indices)))
+        };
         let classes: Vec<i64> = indices.iter().map(|&i| self.classes[i]).collect();
         let y = labels_tensor(&classes, self.class_mode, self.class_indices.len());
         Ok((x, y))
+    }
+
+    /// The seed of a batch's random transforms: from the iterator's seed, the
+    /// epoch and the images, so a batch is the same whenever it is replayed
+    /// (after a resume, say).
+    fn augment_seed(&self, indices: &[usize]) -> u64 {
+        let mut h = Sha256::new();
+        h.update(self.seed.to_le_bytes());
+        h.update(self.epoch.to_le_bytes());
+        for &i in indices {
+            h.update((i as u64).to_le_bytes());
+        }
+        u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+    }
+
+    /// Jumps to the start of `epoch` (its order is the same as if the epochs
+    /// before had been served): how a resumed training continues.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.start_epoch(epoch);
+    }
+
+    /// Jumps to the `batch`-th batch counted from the start of epoch 0, as if
+    /// the ones before had been served (`fit_generator` resumes with it: with
+    /// `steps_per_epoch` batches per epoch, epoch e starts at batch e × steps).
+    pub fn seek_batch(&mut self, batch: u64) {
+        let per_epoch = self.len().max(1) as u64;
+        self.start_epoch(batch / per_epoch);
+        self.position = ((batch % per_epoch) as usize * self.batch_size).min(self.order.len());
     }
 
     /// All labels in `filenames` order, shaped as batches' labels are.

@@ -11,14 +11,17 @@
 //! # Ok(()) }
 //! ```
 //!
+//! - [`augment`]: Keras's random rotations, shifts, shear, zoom and flips;
 //! - [`directory`]: `ImageDataGenerator`, `flow_from_directory`, the iterator;
 //! - [`image_io`]: decoding, RGB conversion, Keras's nearest resize, tensors;
 //! - [`split`]: Chollet's train/validation/test split and where the data is.
 
+pub mod augment;
 pub mod directory;
 pub mod image_io;
 pub mod split;
 
+pub use augment::{Augmentation, FillMode, Transform};
 pub use directory::{ClassMode, DirectoryIterator, ImageDataGenerator};
 pub use image_io::{
     decode_all, has_image_extension, images_to_tensor, load_image, Preprocessing, CAFFE_MEAN_BGR,

@@ -5,6 +5,11 @@
 //! because Keras's version differs from PyTorch's (rho 0.9, epsilon added after
 //! the square root) and because its state must be saved in checkpoints.
 
+mod checkpoint;
+mod generator;
+
+pub use checkpoint::Checkpoint;
+
 use crate::model::Sequential;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -78,14 +83,14 @@ pub(crate) struct Compiled {
 /// Keras clips probabilities to [1e-7, 1 - 1e-7] before taking logs.
 const EPSILON: f64 = 1e-7;
 
-fn binary_crossentropy(p: &Tensor, y: &Tensor) -> Tensor {
+pub(crate) fn binary_crossentropy(p: &Tensor, y: &Tensor) -> Tensor {
     let p = p.clamp(EPSILON, 1.0 - EPSILON);
     let one_minus_p: Tensor = 1.0 - &p;
     let one_minus_y: Tensor = 1.0 - y;
     -(y * p.log() + one_minus_y * one_minus_p.log()).mean(Kind::Float)
 }
 
-fn binary_accuracy(p: &Tensor, y: &Tensor) -> f64 {
+pub(crate) fn binary_accuracy(p: &Tensor, y: &Tensor) -> f64 {
     p.gt(0.5).to_kind(Kind::Float).eq_tensor(y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
 }
 
@@ -117,8 +122,24 @@ impl Sequential {
         self.compiled.as_ref().is_some_and(|c| c.trainable != now)
     }
 
+    /// The compiled optimizer (None before `compile`).
+    pub fn optimizer(&self) -> Option<RMSprop> {
+        self.compiled.as_ref().map(|c| c.optimizer)
+    }
+
+    /// RMSprop's state (running mean of squared gradients), by weight name.
+    pub(crate) fn optimizer_state(&self) -> Option<&BTreeMap<String, Tensor>> {
+        self.compiled.as_ref().map(|c| &c.mean_square)
+    }
+
+    pub(crate) fn set_optimizer_state(&mut self, state: BTreeMap<String, Tensor>) -> Result<()> {
+        let Some(c) = self.compiled.as_mut() else { bail!("call compile() first") };
+        c.mean_square = state;
+        Ok(())
+    }
+
     /// One optimisation step on a batch; returns (loss, acc) of the batch.
-    fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, f64)> {
+    pub(crate) fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, f64)> {
         let Some(compiled) = self.compiled.as_ref() else { bail!("call compile() before fit()") };
         let trainable = compiled.trainable.clone();
         // Gradients only for the weights compile() chose: frozen layers cost no backward pass.
@@ -214,8 +235,17 @@ impl Sequential {
     }
 }
 
+static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Seeds libtorch's generator (weights init, shuffling, dropout): same seed,
-/// same run on the CPU.
+/// same run on the CPU. `fit_generator` also reseeds it at every epoch from
+/// this seed, so a resumed training draws the same dropout masks.
 pub fn seed(seed: u64) {
+    SEED.store(seed, std::sync::atomic::Ordering::Relaxed);
     tch::manual_seed(seed as i64);
+}
+
+/// The seed set by [`seed`] (0 if never set).
+pub fn current_seed() -> u64 {
+    SEED.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -1,0 +1,172 @@
+//! Per-epoch checkpoints of `fit_generator`, so a training of hours survives a
+//! crash, a closed laptop or the end of a session and continues where it was.
+//!
+//! A checkpoint folder holds `checkpoint.json` (what was trained, how, and
+//! the history so far) and `epoch-NNNN.safetensors` (the trainable weights and
+//! RMSprop's state after that epoch). The weights file is written first and
+//! the JSON that names it last, both atomically, so a process killed at any
+//! moment leaves the previous complete checkpoint. The random state needs no
+//! saving: every epoch reseeds from the run's seed and its number.
+
+use super::{History, RMSprop};
+use crate::model::Sequential;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+const FORMAT: u32 = 1;
+
+/// What `checkpoint.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub format: u32,
+    /// SHA-256 of the architecture (every weight's name and shape), the set of
+    /// trainable weights and the values of the frozen ones: a checkpoint only
+    /// resumes the model it was made from.
+    pub model: String,
+    pub trainable: Vec<String>,
+    pub optimizer: RMSprop,
+    pub seed: u64,
+    pub steps_per_epoch: usize,
+    pub validation_steps: usize,
+    /// Epochs done so far (= history length).
+    pub epochs_done: usize,
+    pub history: History,
+    /// Wall time of each epoch, seconds.
+    pub epoch_seconds: Vec<f64>,
+    /// The line printed at the end of each epoch, replayed on resume.
+    pub lines: Vec<String>,
+    /// The file with the weights and optimizer state of the last epoch.
+    pub weights_file: String,
+    /// Where each epoch ran (device, threads), for provenance.
+    pub devices: Vec<String>,
+}
+
+/// The identity of a model for resuming: see [`Checkpoint::model`].
+pub(crate) fn model_fingerprint(model: &Sequential) -> String {
+    let mut h = Sha256::new();
+    for (name, t, trainable) in model.named_weights() {
+        h.update(format!("{name} {:?} {trainable}\n", t.size()));
+        if !trainable {
+            // Frozen weights must be the same values (e.g. the ImageNet base).
+            let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+            let mut bytes = vec![0u8; t.numel() * 4];
+            t.copy_data_u8(&mut bytes, t.numel());
+            h.update(&bytes);
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+impl Checkpoint {
+    pub fn json_path(dir: &Path) -> PathBuf {
+        dir.join("checkpoint.json")
+    }
+
+    /// The checkpoint in `dir`, `None` when there is none yet.
+    pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
+        let path = Self::json_path(dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let c: Checkpoint = serde_json::from_slice(&bytes).with_context(|| {
+            format!("checkpoint {} is damaged; delete {} to start the training again", path.display(), dir.display())
+        })?;
+        if c.format != FORMAT {
+            bail!("checkpoint {} has format {}, this aula reads format {FORMAT}", path.display(), c.format);
+        }
+        if c.history.epochs() != c.epochs_done || c.lines.len() != c.epochs_done {
+            bail!(
+                "checkpoint {} is inconsistent ({} epochs done, history of {}); delete {} to start again",
+                path.display(),
+                c.epochs_done,
+                c.history.epochs(),
+                dir.display()
+            );
+        }
+        Ok(Some(c))
+    }
+
+    /// Checks that this checkpoint continues `model` trained as asked.
+    pub(crate) fn check_matches(&self, dir: &Path, model: &Sequential, optimizer: RMSprop, seed: u64, steps: (usize, usize)) -> Result<()> {
+        let path = Self::json_path(dir).display().to_string();
+        if self.model != model_fingerprint(model) {
+            let trainable: Vec<String> =
+                model.named_weights().into_iter().filter(|(_, _, t)| *t).map(|(n, _, _)| n).collect();
+            let why = if self.trainable != trainable {
+                format!(
+                    "it trains {} weight tensors ({}…), this model {} ({}…)",
+                    self.trainable.len(),
+                    self.trainable.first().map_or("", |s| s.as_str()),
+                    trainable.len(),
+                    trainable.first().map_or("", |s| s.as_str())
+                )
+            } else {
+                "the layers, their shapes or the frozen weights differ".to_string()
+            };
+            bail!("checkpoint {path} was made by another model: {why}. Use another checkpoint folder, or delete this one to start again");
+        }
+        if self.optimizer != optimizer {
+            bail!("checkpoint {path} was trained with {:?}, this fit uses {optimizer:?}", self.optimizer);
+        }
+        if self.seed != seed {
+            bail!("checkpoint {path} was trained with seed {}, this fit uses seed {seed} (aula::train::seed)", self.seed);
+        }
+        if (self.steps_per_epoch, self.validation_steps) != steps {
+            bail!(
+                "checkpoint {path} has steps_per_epoch={} and validation_steps={}, this fit asks for {} and {}",
+                self.steps_per_epoch,
+                self.validation_steps,
+                steps.0,
+                steps.1
+            );
+        }
+        Ok(())
+    }
+
+    /// Saves the state after an epoch: the weights file, then the JSON naming
+    /// it, then removes the previous weights file.
+    pub(crate) fn save(&mut self, dir: &Path, model: &Sequential) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let previous = self.weights_file.clone();
+        self.weights_file = format!("epoch-{:04}.safetensors", self.epochs_done);
+        let mut tensors: crate::weights::NamedTensors = BTreeMap::new();
+        for (name, t) in model.get_trainable_weights() {
+            tensors.insert(format!("weights/{name}"), t);
+        }
+        for (name, t) in model.optimizer_state().into_iter().flatten() {
+            tensors.insert(format!("rmsprop/{name}"), t.to_device(tch::Device::Cpu).contiguous());
+        }
+        crate::weights::write_safetensors(&tensors, &dir.join(&self.weights_file))?;
+        crate::paths::write_atomic(&Self::json_path(dir), &serde_json::to_vec_pretty(self)?)?;
+        if !previous.is_empty() && previous != self.weights_file {
+            let _ = std::fs::remove_file(dir.join(previous));
+        }
+        Ok(())
+    }
+
+    /// Puts the checkpoint's weights and optimizer state into `model`.
+    pub(crate) fn restore(&self, dir: &Path, model: &mut Sequential) -> Result<()> {
+        let path = dir.join(&self.weights_file);
+        let damaged = || format!("checkpoint weights {} are damaged or missing; delete {} to start again", path.display(), dir.display());
+        let all = Tensor::read_safetensors(&path).with_context(damaged)?;
+        let (mut weights, mut state) = (BTreeMap::new(), BTreeMap::new());
+        for (name, t) in all {
+            if let Some(n) = name.strip_prefix("weights/") {
+                weights.insert(n.to_string(), t);
+            } else if let Some(n) = name.strip_prefix("rmsprop/") {
+                state.insert(n.to_string(), t.to_device(model.device()));
+            }
+        }
+        if weights.len() != self.trainable.len() {
+            bail!("{}: {} trainable weights, the checkpoint lists {}; {}", path.display(), weights.len(), self.trainable.len(), damaged());
+        }
+        model.set_weights_by_name(&weights, &path.display().to_string())?;
+        model.set_optimizer_state(state)
+    }
+}

@@ -1,0 +1,170 @@
+//! Training and evaluating from image iterators, as Keras's `fit_generator`,
+//! `evaluate_generator` and `predict_generator` (slide "Alternativa 2": the
+//! conv base inside the model, fed augmented images).
+
+use super::checkpoint::{model_fingerprint, Checkpoint};
+use super::{binary_accuracy, binary_crossentropy, current_seed, History};
+use crate::data::DirectoryIterator;
+use crate::model::Sequential;
+use anyhow::{bail, Result};
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// The seed of epoch `epoch` of a run seeded with `seed`: libtorch's generator
+/// (dropout) is reseeded with it, so an epoch draws the same whether it runs
+/// straight after the previous one or after a resume.
+fn epoch_seed(seed: u64, epoch: usize) -> i64 {
+    let x = seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 1) as i64
+}
+
+impl Sequential {
+    /// `model.fit_generator(train_generator, steps_per_epoch=100, epochs=30,
+    /// validation_data=validation_generator, validation_steps=50)`.
+    pub fn fit_generator(
+        &mut self,
+        generator: &mut DirectoryIterator,
+        steps_per_epoch: usize,
+        epochs: usize,
+        validation_data: Option<&mut DirectoryIterator>,
+        validation_steps: usize,
+    ) -> Result<History> {
+        self.fit_generator_impl(generator, steps_per_epoch, epochs, validation_data, validation_steps, None)
+    }
+
+    /// The same, saving a checkpoint in `dir` after every epoch and, when
+    /// `dir` already holds one of this model, continuing from it: epochs done
+    /// are not repeated, and the history goes on from where it was.
+    pub fn fit_generator_with_checkpoints(
+        &mut self,
+        generator: &mut DirectoryIterator,
+        steps_per_epoch: usize,
+        epochs: usize,
+        validation_data: Option<&mut DirectoryIterator>,
+        validation_steps: usize,
+        dir: impl AsRef<Path>,
+    ) -> Result<History> {
+        let dir = dir.as_ref();
+        self.fit_generator_impl(generator, steps_per_epoch, epochs, validation_data, validation_steps, Some(dir))
+    }
+
+    fn fit_generator_impl(
+        &mut self,
+        generator: &mut DirectoryIterator,
+        steps_per_epoch: usize,
+        epochs: usize,
+        mut validation_data: Option<&mut DirectoryIterator>,
+        validation_steps: usize,
+        checkpoints: Option<&Path>,
+    ) -> Result<History> {
+        let Some(optimizer) = self.optimizer() else { bail!("call compile() before fit_generator()") };
+        if steps_per_epoch == 0 {
+            bail!("steps_per_epoch must be at least 1");
+        }
+        if validation_data.is_some() && validation_steps == 0 {
+            bail!("validation_steps must be at least 1 when there is validation_data");
+        }
+        if self.trainable_changes_pending() {
+            eprintln!("warning: trainable flags changed after compile(); they take effect when you compile() again");
+        }
+        let seed = current_seed();
+        let steps = (steps_per_epoch, validation_steps);
+        let mut state = Checkpoint {
+            format: 1,
+            model: model_fingerprint(self),
+            trainable: self.compiled_trainable().unwrap_or_default().to_vec(),
+            optimizer,
+            seed,
+            steps_per_epoch,
+            validation_steps,
+            epochs_done: 0,
+            history: History::default(),
+            epoch_seconds: Vec::new(),
+            lines: Vec::new(),
+            weights_file: String::new(),
+            devices: Vec::new(),
+        };
+        if let Some(dir) = checkpoints {
+            if let Some(saved) = Checkpoint::load(dir)? {
+                saved.check_matches(dir, self, optimizer, seed, steps)?;
+                saved.restore(dir, self)?;
+                println!(
+                    "Resuming from {}: {} of {epochs} epochs done ({:.0} s)",
+                    Checkpoint::json_path(dir).display(),
+                    saved.epochs_done,
+                    saved.epoch_seconds.iter().sum::<f64>()
+                );
+                for (i, line) in saved.lines.iter().enumerate() {
+                    println!("Epoch {}/{epochs}\n{line}", i + 1);
+                }
+                state = saved;
+            }
+        }
+
+        for epoch in state.epochs_done..epochs {
+            let start = Instant::now();
+            tch::manual_seed(epoch_seed(seed, epoch));
+            generator.seek_batch((epoch * steps_per_epoch) as u64);
+            println!("Epoch {}/{epochs}", epoch + 1);
+            let mut bar = crate::progress::Progress::new(steps_per_epoch as u64, &format!("epoch {}/{epochs}", epoch + 1), "steps");
+            let (mut loss_sum, mut acc_sum, mut seen) = (0.0, 0.0, 0.0);
+            for _ in 0..steps_per_epoch {
+                let (x, y) = generator.next_batch()?;
+                let n = x.size()[0] as f64;
+                let (loss, acc) = self.train_step(&x, &y)?;
+                loss_sum += loss * n;
+                acc_sum += acc * n;
+                seen += n;
+                bar.inc(1);
+            }
+            bar.finish();
+            let (loss, acc) = (loss_sum / seen, acc_sum / seen);
+            state.history.loss.push(loss);
+            state.history.acc.push(acc);
+            let mut line = format!("loss: {loss:.4} - acc: {acc:.4}");
+            if let Some(val) = validation_data.as_deref_mut() {
+                val.seek_batch((epoch * validation_steps) as u64);
+                let (val_loss, val_acc) = self.evaluate_generator(val, validation_steps)?;
+                state.history.val_loss.push(val_loss);
+                state.history.val_acc.push(val_acc);
+                line.push_str(&format!(" - val_loss: {val_loss:.4} - val_acc: {val_acc:.4}"));
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            let line = format!("{steps_per_epoch}/{steps_per_epoch} - {seconds:.0}s - {line}");
+            println!("{line}");
+            state.lines.push(line);
+            state.epoch_seconds.push(seconds);
+            state.devices.push(crate::device::device_info());
+            state.epochs_done = epoch + 1;
+            if let Some(dir) = checkpoints {
+                state.save(dir, self)?;
+            }
+        }
+        Ok(state.history)
+    }
+
+    /// `model.evaluate_generator(generator, steps)` → (loss, acc) over `steps`
+    /// batches, dropout off.
+    pub fn evaluate_generator(&self, generator: &mut DirectoryIterator, steps: usize) -> Result<(f64, f64)> {
+        let (p, y) = self.predict_generator(generator, steps)?;
+        let y = y.to_kind(Kind::Float).view([-1]);
+        Ok((binary_crossentropy(&p, &y).double_value(&[]), binary_accuracy(&p, &y)))
+    }
+
+    /// `model.predict_generator(generator, steps)`: the predicted probabilities
+    /// (N,) on the CPU, and the true labels that came with the batches.
+    pub fn predict_generator(&self, generator: &mut DirectoryIterator, steps: usize) -> Result<(Tensor, Tensor)> {
+        let _guard = tch::no_grad_guard();
+        let (mut ps, mut ys) = (Vec::new(), Vec::new());
+        for _ in 0..steps {
+            let (x, y) = generator.next_batch()?;
+            ps.push(self.forward_t(&x, false).to_device(Device::Cpu).view([-1]));
+            ys.push(y);
+        }
+        if ps.is_empty() {
+            bail!("steps must be at least 1");
+        }
+        Ok((Tensor::cat(&ps, 0), Tensor::cat(&ys, 0)))
+    }
+}

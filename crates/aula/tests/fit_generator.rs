@@ -1,0 +1,232 @@
+//! "Alternativa 2" on a tiny generated data set: augmentation through the
+//! iterators, fit_generator, checkpoints, a training killed with SIGKILL and
+//! resumed, and the errors of a bad checkpoint. Its own test binary: libtorch's
+//! generator is process-wide.
+
+use aula::data::{ClassMode, ImageDataGenerator};
+use aula::model::layers::{Conv2D, MaxPooling2D};
+use aula::prelude::*;
+use aula::train::Checkpoint;
+use image::{Rgb, RgbImage};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// `n` red-ish "cats" and `n` blue-ish "dogs", 32×32, each with its own
+/// pattern so that augmented images differ.
+fn fixture(dir: &Path, n: u32) {
+    for (class, rgb) in [("cats", [200u8, 40, 40]), ("dogs", [40u8, 40, 200])] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..n {
+            let img = RgbImage::from_fn(32, 32, |x, y| {
+                let v = ((x * 7 + y * 3 + i * 11) % 50) as u8;
+                Rgb([rgb[0].saturating_add(v), rgb[1] + v, rgb[2].saturating_add(v)])
+            });
+            img.save(dir.join(class).join(format!("{class}.{i}.png"))).unwrap();
+        }
+    }
+}
+
+fn augmenting() -> ImageDataGenerator {
+    ImageDataGenerator::rescale(1.0 / 255.0)
+        .rotation_range(40.0)
+        .width_shift_range(0.2)
+        .height_shift_range(0.2)
+        .shear_range(0.2)
+        .zoom_range(0.2)
+        .horizontal_flip(true)
+        .fill_mode("nearest")
+        .unwrap()
+}
+
+/// A small conv base (frozen) + Flatten + Dense(16) + Dropout + Dense(1).
+fn model(frozen_base: bool) -> Sequential {
+    let mut base = Sequential::new("base");
+    base.add(Conv2D(8, 3).activation("relu").input_shape(&[32, 32, 3]).name("block1_conv1")).unwrap();
+    base.add(MaxPooling2D(2).name("block1_pool")).unwrap();
+    base.trainable = !frozen_base;
+    let mut model = Sequential::new("sequential");
+    model.add(base).unwrap();
+    model.add(Flatten()).unwrap();
+    model.add(Dense(16).activation("relu")).unwrap();
+    model.add(Dropout(0.5)).unwrap();
+    model.add(Dense(1).activation("sigmoid")).unwrap();
+    model
+}
+
+/// Trains in `checkpoints` (the child process of the SIGKILL test, and the
+/// reference run); prints the history as JSON on its last line.
+fn train(data: &Path, checkpoints: &Path, epochs: usize) -> History {
+    aula::train::seed(11);
+    let mut m = model(true);
+    m.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
+    let mut train = augmenting().flow_from_directory(data, (32, 32), 4, ClassMode::Binary).unwrap();
+    let mut val = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(data, (32, 32), 4, ClassMode::Binary).unwrap();
+    m.fit_generator_with_checkpoints(&mut train, 4, epochs, Some(&mut val), 2, checkpoints).unwrap()
+}
+
+const EPOCHS: usize = 30;
+
+/// Not a test by itself: the training process the SIGKILL test starts and kills.
+#[test]
+#[ignore]
+fn child_training() {
+    let (Some(data), Some(dir)) = (std::env::var_os("AULA_TEST_DATA"), std::env::var_os("AULA_TEST_CHECKPOINTS")) else {
+        return;
+    };
+    let history = train(Path::new(&data), Path::new(&dir), EPOCHS);
+    println!("HISTORY {}", aula::serde_json::to_string(&history).unwrap());
+}
+
+fn child(data: &Path, dir: &Path) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--ignored", "--exact", "child_training", "--nocapture", "--test-threads=1"])
+        .env("AULA_TEST_DATA", data)
+        .env("AULA_TEST_CHECKPOINTS", dir)
+        .env("AULA_THREADS", "1");
+    c
+}
+
+fn history_of(output: &str) -> History {
+    let line = output.lines().find_map(|l| l.strip_prefix("HISTORY ")).unwrap_or_else(|| panic!("no history in:\n{output}"));
+    aula::serde_json::from_str(line).unwrap()
+}
+
+fn epochs_done(dir: &Path) -> usize {
+    Checkpoint::load(dir).ok().flatten().map_or(0, |c| c.epochs_done)
+}
+
+#[test]
+fn sigkill_after_epoch_k_then_resume_gives_the_same_history() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    fixture(&data, 8);
+    // The reference: one uninterrupted run.
+    let reference_dir = tmp.path().join("reference");
+    let out = child(&data, &reference_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = history_of(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(reference.epochs(), EPOCHS);
+
+    // Killed with SIGKILL once at least 3 epochs are saved...
+    let dir = tmp.path().join("killed");
+    let mut proc = child(&data, &dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while epochs_done(&dir) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s");
+        assert!(proc.try_wait().unwrap().is_none(), "the training ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    proc.kill().unwrap(); // SIGKILL on Unix
+    proc.wait().unwrap();
+    let k = epochs_done(&dir);
+    assert!((3..EPOCHS).contains(&k), "killed after epoch {k}");
+
+    // ... and resumed: epochs k+1.. only, the same numbers as the reference.
+    let out = child(&data, &dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("{k} of {EPOCHS} epochs done")), "{stdout}");
+    let resumed = history_of(&stdout);
+    assert_eq!(resumed.epochs(), EPOCHS, "no lost or repeated epoch");
+    assert_eq!(resumed, reference, "resumed run differs from the uninterrupted one (killed after epoch {k})");
+    // Only the last epoch's weights are kept.
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).count(), 1, "{files:?}");
+    // The model learned the (easy) task.
+    assert!(reference.val_acc.last().unwrap() > &0.9, "{reference:?}");
+}
+
+#[test]
+fn resume_errors_name_the_checkpoint() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    fixture(&data, 4);
+    let dir = tmp.path().join("ckpt");
+    train(&data, &dir, 2);
+
+    // Another model: the conv base trainable too (fine-tuning in the same folder).
+    aula::train::seed(11);
+    let mut other = model(false);
+    other.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
+    let mut gen = augmenting().flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap();
+    let err = other.fit_generator_with_checkpoints(&mut gen, 2, 3, None, 0, &dir).unwrap_err().to_string();
+    assert!(err.contains("was made by another model") && err.contains("checkpoint.json"), "{err}");
+    assert!(err.contains("trains 4 weight tensors") && err.contains("this model 6"), "{err}");
+
+    // Another learning rate.
+    aula::train::seed(11);
+    let mut same = model(true);
+    same.compile(RMSprop::new(1e-5), "binary_crossentropy", &["acc"]).unwrap();
+    let err = same.fit_generator_with_checkpoints(&mut gen, 4, 3, None, 2, &dir).unwrap_err().to_string();
+    assert!(err.contains("trained with RMSprop { lr: 0.001"), "{err}");
+
+    // The weights file missing.
+    let c = Checkpoint::load(&dir).unwrap().unwrap();
+    let weights = dir.join(&c.weights_file);
+    std::fs::rename(&weights, tmp.path().join("aside")).unwrap();
+    aula::train::seed(11);
+    let mut m = model(true);
+    m.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
+    let mut val = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap();
+    let err = format!("{:#}", m.fit_generator_with_checkpoints(&mut gen, 4, 3, Some(&mut val), 2, &dir).unwrap_err());
+    assert!(err.contains(&weights.display().to_string()) && err.contains("damaged or missing"), "{err}");
+
+    // A damaged checkpoint.json (a half-written file from another tool).
+    std::fs::write(Checkpoint::json_path(&dir), b"{\"format\": 1, \"model\": ").unwrap();
+    let err = format!("{:#}", m.fit_generator_with_checkpoints(&mut gen, 4, 3, Some(&mut val), 2, &dir).unwrap_err());
+    assert!(err.contains("checkpoint.json is damaged") && err.contains("delete"), "{err}");
+}
+
+#[test]
+fn augmented_batches_are_seeded_and_feature_extraction_refuses_them() {
+    let tmp = TempDir::new().unwrap();
+    fixture(tmp.path(), 4);
+    let plain = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(tmp.path(), (32, 32), 8, ClassMode::Binary).unwrap();
+    let mut a = augmenting().flow_from_directory(tmp.path(), (32, 32), 8, ClassMode::Binary).unwrap().shuffle(false);
+    let mut b = augmenting().flow_from_directory(tmp.path(), (32, 32), 8, ClassMode::Binary).unwrap().shuffle(false);
+    let (xa, ya) = a.next_batch().unwrap();
+    let (xb, _) = b.next_batch().unwrap();
+    let (xp, yp) = plain.load_batch(&(0..8).collect::<Vec<_>>()).unwrap();
+    assert!(xa.equal(&xb), "same seed, same augmented batch");
+    assert!(!xa.equal(&xp), "augmentation changed nothing");
+    assert!(ya.equal(&yp));
+    // Values stay in the rescaled range (bilinear, nearest fill).
+    assert!(xa.min().double_value(&[]) >= 0.0 && xa.max().double_value(&[]) <= 1.0);
+    // A new epoch, new transforms.
+    a.set_epoch(1);
+    assert!(!a.next_batch().unwrap().0.equal(&xa));
+    // The picture of the slide.
+    let versions = augmenting().augmented_versions(tmp.path().join("cats/cats.0.png"), (32, 32), 4, 1).unwrap();
+    assert_eq!(versions.size(), [4, 3, 32, 32]);
+    ImageGrid::new(&versions, &[], 4).unwrap();
+
+    let base = model(true);
+    let err = extract_features(&base, &a).unwrap_err().to_string();
+    assert!(err.contains("Alternativa 2"), "{err}");
+}
+
+#[test]
+fn trainable_weights_round_trip_in_f16() {
+    aula::train::seed(5);
+    let m = model(true);
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.path().join("head.safetensors");
+    m.save_trainable_weights(&path, true).unwrap();
+    aula::train::seed(6);
+    let mut fresh = model(true);
+    assert_eq!(fresh.load_weights_by_name(&path).unwrap(), 4);
+    let (a, b) = (m.get_weights(), fresh.get_weights());
+    // (Kernels only: the biases start at zero in both.)
+    for (name, t) in a.iter().filter(|(n, _)| n.ends_with("kernel")) {
+        let tol = if name.starts_with("dense") { 1e-3 } else { 0.0 };
+        assert!(t.allclose(&b[name], tol, tol, false) == name.starts_with("dense"), "{name}");
+    }
+    // A file with a layer this model lacks.
+    let mut bigger = model(true);
+    bigger.add(Dense(1).name("extra")).unwrap();
+    bigger.save_trainable_weights(&path, false).unwrap();
+    let err = fresh.load_weights_by_name(&path).unwrap_err().to_string();
+    assert!(err.contains("extra/") && err.contains("does not have") && err.contains(&path.display().to_string()), "{err}");
+}
