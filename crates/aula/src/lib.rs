@@ -19,6 +19,7 @@ pub mod features;
 pub mod metrics;
 pub mod model;
 pub mod paths;
+pub mod probabilities;
 pub mod progress;
 pub mod rendered;
 pub mod train;
@@ -35,6 +36,7 @@ pub mod prelude {
     pub use crate::device::{default_device, device_info};
     pub use crate::display::{ImageGrid, Png};
     pub use crate::features::extract_features;
+    pub use crate::probabilities::{probability_histogram, summarize};
     pub use crate::model::{vgg16, Dense, Dropout, Flatten, Sequential, VGG16};
     pub use crate::train::{seed, History, RMSprop};
     pub use crate::model::layers::{Conv2D, MaxPooling2D};

@@ -342,13 +342,20 @@ impl DirectoryIterator {
     /// in a new order when shuffling. Images are f32 (N, 3, H, W) on the CPU,
     /// preprocessed; labels as [`ClassMode`] says.
     pub fn next_batch(&mut self) -> Result<(Tensor, Tensor)> {
+        let indices = self.next_indices();
+        self.load_batch(&indices)
+    }
+
+    /// Which images (indices into `filenames`) the next batch holds, moving on
+    /// as `next_batch` does but without loading them.
+    pub fn next_indices(&mut self) -> Vec<usize> {
         if self.position >= self.order.len() {
             self.start_epoch(self.epoch + 1);
         }
         let end = (self.position + self.batch_size).min(self.order.len());
         let indices = self.order[self.position..end].to_vec();
         self.position = end;
-        self.load_batch(&indices)
+        indices
     }
 
     /// One full epoch, `len()` batches, every image exactly once (in a new

@@ -93,6 +93,15 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The model inside a layer made from a whole model (`model.add(conv_base)`),
+    /// to walk its layers as the fine-tuning slide does with `conv_base.layers`.
+    pub fn as_model_mut(&mut self) -> Result<&mut Sequential> {
+        match &mut self.kind {
+            LayerKind::Model(m) => Ok(m),
+            other => bail!("layer '{}' is a {}, not a model", self.name, other.class_name()),
+        }
+    }
+
     pub fn count_params(&self) -> i64 {
         match &self.kind {
             LayerKind::Model(m) => m.count_params(),
@@ -261,6 +270,43 @@ impl Sequential {
         }
         for layer in &self.layers {
             x = layer.forward_t(&x, train);
+        }
+        x
+    }
+
+    /// The layers in the order data flows through them, nested models
+    /// expanded, each with whether its weights are trainable now (its own flag
+    /// and every enclosing one; a layer without weights counts as frozen).
+    pub(crate) fn leaves(&self) -> Vec<(&Layer, bool)> {
+        let mut out = Vec::new();
+        self.collect_leaves(self.trainable, &mut out);
+        out
+    }
+
+    fn collect_leaves<'a>(&'a self, parent_trainable: bool, out: &mut Vec<(&'a Layer, bool)>) {
+        for layer in &self.layers {
+            let trainable = parent_trainable && layer.trainable;
+            match &layer.kind {
+                LayerKind::Model(m) => m.collect_leaves(trainable && m.trainable, out),
+                _ => out.push((layer, trainable && !layer.weights.is_empty())),
+            }
+        }
+    }
+
+    /// How many leading layers (see `leaves`) are frozen: their output for a
+    /// given image never changes during training, so it can be computed once.
+    pub(crate) fn frozen_prefix_len(&self) -> usize {
+        self.leaves().iter().take_while(|(_, trainable)| !trainable).count()
+    }
+
+    /// Runs the layers `range` of `leaves()` only (evaluation: dropout off).
+    pub(crate) fn forward_leaves(&self, x: &Tensor, range: std::ops::Range<usize>) -> Tensor {
+        let mut x = x.to_device(self.device);
+        if self.channels_last && x.dim() == 4 {
+            x = to_channels_last(&x);
+        }
+        for (layer, _) in &self.leaves()[range] {
+            x = layer.forward_t(&x, false);
         }
         x
     }
