@@ -31,7 +31,7 @@ help:
 
 # The notebooks write their metrics to $$AULA_OUT/metrics.json.
 run: setup kernel
-	AULA_OUT=$(abspath $(OUT)) $(RUNNER) clase notebooks --out $(OUT) --timeout 1800
+	AULA_OUT=$(abspath $(OUT)) $(RUNNER) clase notebooks --out $(OUT) --timeout 1800 --startup-timeout 900
 
 lesson: setup
 	$(AULA) lesson --out $(OUT)
@@ -41,7 +41,7 @@ lesson: setup
 # ($(AULA_CACHE)/checkpoints). NOTEBOOKS=notebooks/02_... renders one.
 NOTEBOOKS ?= notebooks
 render: setup kernel
-	AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT)) $(RUNNER) instructor $(NOTEBOOKS) --out $(OUT) --timeout 86400
+	AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT)) $(RUNNER) instructor $(NOTEBOOKS) --out $(OUT) --timeout 86400 --startup-timeout 900
 
 setup: system-deps libtorch build weights python-tools
 
@@ -83,7 +83,10 @@ lab: kernel
 test: setup kernel
 	$(CARGO) test --locked --workspace
 	# (No warm spare kernel left behind by a CI run: AULA_KERNEL_POOL=0, see kernel/README.md.)
-	AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT))/check $(RUNNER) check notebooks --out $(OUT)/check --timeout 1800
+	AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT))/check $(RUNNER) check notebooks --out $(OUT)/check \
+	  --timeout 1800 --startup-timeout 900
+	# 4 kernels at once on the first notebook; every notebook under jupyter nbconvert --execute.
+	bash kernel/tests/notebooks.sh $(OUT)/test-notebooks
 
 $(BENCH_PY):
 	bash scripts/setup-bench-venv.sh

@@ -72,6 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul dtype per round")
     p.add_argument("--force-bf16", action="store_true",
                    help="time the bf16 VGG16 configuration even where the CPU lacks bf16 support (very slow)")
+    p.add_argument("--da-steps", type=int, default=4, help="timed steps of the data-augmentation training (0: skip)")
     p.add_argument("--pil-limit", type=int, default=None, help="decode only the first N images (tests)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.threads < 1 or args.batch < 1:
@@ -218,6 +219,59 @@ class TorchBench:
 
 # ---------------------------------------------------------------- PIL
 
+def da_step_seconds(torch, paths: list[str], steps: int, size: int) -> float:
+    """Seconds per training step of the frozen data-augmentation model in PyTorch eager, as
+    aula trains it: 20 training images decoded and resized with PIL (nearest), augmented as
+    Keras does (rotation 40, shifts 0.2, shear 0.2 degrees, zoom 0.2, flips; bilinear, edge
+    fill) with affine_grid + grid_sample on the batch, rescaled; the frozen VGG16 base under
+    no_grad; Flatten + Dense(256, relu) + Dense(1, sigmoid) trained with binary cross-entropy
+    and RMSprop(lr=2e-5, alpha=0.9, eps=1e-7): Keras's RMSprop. One warm-up step first."""
+    import math
+    import random
+    import numpy as np
+    from PIL import Image
+    nn, F = torch.nn, torch.nn.functional
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    base = vgg16_features(torch).to(memory_format=torch.channels_last)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    head = nn.Sequential(nn.Flatten(), nn.Linear(512 * (size // 32) ** 2, 256), nn.ReLU(), nn.Linear(256, 1), nn.Sigmoid())
+    opt = torch.optim.RMSprop(head.parameters(), lr=2e-5, alpha=0.9, eps=1e-7)
+    train = [p for p in paths if "/train/" in p] or paths
+
+    def theta():
+        th, sh = math.radians(rng.uniform(-40, 40)), math.radians(rng.uniform(-0.2, 0.2))
+        tx, ty = rng.uniform(-0.2, 0.2) * size, rng.uniform(-0.2, 0.2) * size
+        zx, zy = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2)
+        m = np.array([[math.cos(th), -math.sin(th), 0], [math.sin(th), math.cos(th), 0], [0, 0, 1]])
+        m = m @ np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]]) @ np.array([[1, -math.sin(sh), 0], [0, math.cos(sh), 0], [0, 0, 1]])
+        m = m @ np.diag([zx, zy, 1])
+        c = (size - 1) / 2
+        f = -1.0 if rng.random() < 0.5 else 1.0
+        return [[m[1][1] * f, m[1][0], m[1][2] / c], [m[0][1] * f, m[0][0], m[0][2] / c]]
+
+    def step():
+        batch = rng.sample(train, 20)
+        x = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.NEAREST)) for p in batch])
+        y = torch.tensor([1.0 if "/dogs/" in p else 0.0 for p in batch]).view(-1, 1)
+        x = torch.from_numpy(x).permute(0, 3, 1, 2).float()
+        grid = F.affine_grid(torch.tensor([theta() for _ in batch], dtype=torch.float32), list(x.shape), align_corners=True)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True) / 255.0
+        with torch.no_grad():
+            f = base(x.contiguous(memory_format=torch.channels_last))
+        loss = F.binary_cross_entropy(head(f).clamp(1e-7, 1 - 1e-7), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
 def _pil_decode(path: str) -> int:
     from PIL import Image
     with Image.open(path) as im:
@@ -246,7 +300,7 @@ def pil_decode_parallel(paths: list[str], processes: int) -> float:
 
 def run_aula(args) -> dict:
     # A shell command line (so "VAR=value target/release/aula ..." works), with the thread count appended.
-    cmd = f"{args.aula_cmd} --threads {args.threads}"
+    cmd = f"{args.aula_cmd} --threads {args.threads} --da-steps {args.da_steps}"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), RAYON_NUM_THREADS=str(args.threads))
     proc = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=args.aula_timeout)
@@ -322,6 +376,8 @@ def print_table(r: dict) -> None:
          r.get("decode_img_s"), r["pil_decode_img_s"], r.get("decode_ratio_vs_pil")),
         (f"decode + resize 150 img/s vs PIL, {r['threads']} processes",
          r.get("decode_img_s"), r["pil_decode_parallel_img_s"], r.get("decode_ratio_vs_pil_parallel")),
+        ("frozen DA epoch, s (100 steps of 20; lower is better)",
+         r.get("da_epoch_s"), r.get("pytorch_da_epoch_s"), r.get("da_epoch_ratio_vs_pytorch")),
     ]
     w = max(len(name) for name, *_ in rows)
     print(f"\n{'':<{w}}  {'aula':>9}  {'reference':>9}  {'ratio':>7}")
@@ -379,6 +435,8 @@ def main(argv=None) -> int:
     steps = [] if args.no_aula else [("aula", aula_step)]
     steps += [(f"pytorch {name}", lambda name=name: add(f"pytorch_{name}_extract_img_s", tb.extract(name)))
               for name in tb.configs]
+    if args.da_steps:
+        steps.append(("pytorch DA step", lambda: add("pytorch_da_step_s", da_step_seconds(torch, paths, args.da_steps, args.size))))
     steps += [
         ("PIL", lambda: add("pil_decode_img_s", pil_decode(paths))),
         ("PIL parallel", lambda: add("pil_decode_parallel_img_s", pil_decode_parallel(paths, args.threads))),
@@ -415,6 +473,9 @@ def main(argv=None) -> int:
         "matmul_peak_dtype": peak_dtype,
         "vgg16_extract_peak_fraction": ratio(aula_gflops, peak),
         "decode_ratio_vs_pil": ratio(r.get("decode_img_s"), r["pil_decode_img_s"]),
+        # Time per frozen DA epoch (100 steps of 20), aula / PyTorch: below 1 is faster.
+        "pytorch_da_epoch_s": r["pytorch_da_step_s"] * 100 if "pytorch_da_step_s" in r else None,
+        "da_epoch_ratio_vs_pytorch": ratio(r.get("da_step_s"), r.get("pytorch_da_step_s")),
         "decode_ratio_vs_pil_parallel": ratio(r.get("decode_img_s"), r["pil_decode_parallel_img_s"]),
         "pil_images": len(paths),
         "threads": args.threads,

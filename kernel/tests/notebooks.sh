@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The lesson notebooks under real clients and real load (`make test`, after the check run):
+#  1. 4 "Rust · aula" kernels started at once, each running the first notebook through the
+#     lesson runner: every run passes, with the same feature-extraction figures.
+#  2. A standard client: `jupyter nbconvert --to notebook --execute` with the aula kernel
+#     runs every notebook (cells tagged skip-execution, i.e. the "no ejecutar" ones, are
+#     skipped by nbclient as by our runner): no error output, metrics written.
+#
+#   kernel/tests/notebooks.sh OUT_DIR
+# Needs: target/debug/aula-runner, the aula kernel (make kernel), the Jupyter venv.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+venv=$(bash "$repo/scripts/setup-jupyter-venv.sh" | tail -n 1)
+runner=$repo/target/debug/aula-runner
+first=$repo/notebooks/01_extraccion_de_caracteristicas.ipynb
+# Batch runs: no warm spare kernel left behind (see kernel/README.md).
+export AULA_KERNEL_POOL=0
+
+echo "test 1: 4 kernels at once, each running $(basename "$first")"
+t0=$(date +%s)
+mkdir -p "$out/concurrent"
+pids=()
+for i in 1 2 3 4; do
+  AULA_OUT=$out/concurrent/$i "$runner" clase "$first" --out "$out/concurrent/$i" --no-html \
+    --timeout 1800 --startup-timeout 900 --quiet > "$out/concurrent/$i.log" 2>&1 &
+  pids+=($!)
+done
+failed=0
+for i in 1 2 3 4; do
+  if ! wait "${pids[$((i - 1))]}"; then
+    echo "kernel $i FAILED:"; tail -n 40 "$out/concurrent/$i.log"; failed=1
+  fi
+done
+[ "$failed" = 0 ]
+# Same data, same seed, same weights: the four runs agree (the features come from the cache
+# the check run filled, so this also tests four kernels reading it at once).
+"$venv/bin/python" - "$out/concurrent" <<'EOF'
+import json, sys
+runs = [json.load(open(f"{sys.argv[1]}/{i}/metrics.json"))["feature_extraction"] for i in (1, 2, 3, 4)]
+accs = [(r["best_val_acc"], r["test_acc"]) for r in runs]
+# (Same seed and thread count: equal up to a couple of images, whatever the scheduling.)
+assert all(abs(a[0] - accs[0][0]) <= 0.005 and abs(a[1] - accs[0][1]) <= 0.005 for a in accs), f"the four runs differ: {accs}"
+assert all(r["features_from_cache"] for r in runs), "features were not read from the cache"
+assert accs[0][0] > 0.85, accs
+print(f"  4 kernels: all passed, best val acc {accs[0][0]:.3f}, test acc {accs[0][1]:.3f} in each")
+EOF
+echo "  wall $(( $(date +%s) - t0 )) s for the 4 runs"
+
+echo "test 2: jupyter nbconvert --execute with the aula kernel"
+mkdir -p "$out/nbconvert"
+for nb in "$repo"/notebooks/*.ipynb; do
+  t0=$(date +%s)
+  AULA_OUT=$out/nbconvert "$venv/bin/jupyter" nbconvert --to notebook --execute "$nb" \
+    --output-dir "$out/nbconvert" --ExecutePreprocessor.kernel_name=aula \
+    --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.startup_timeout=900 --log-level=WARN
+  "$venv/bin/python" - "$out/nbconvert/$(basename "$nb")" <<'EOF'
+import json, sys
+nb = json.load(open(sys.argv[1]))
+code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+assert not errors, errors
+skipped = [c for c in code if "skip-execution" in c.get("metadata", {}).get("tags", [])]
+ran = [c for c in code if c.get("execution_count")]
+assert len(ran) == len(code) - len(skipped), (len(ran), len(code), len(skipped))
+print(f"  {sys.argv[1].rsplit('/', 1)[1]}: {len(ran)} cells run, {len(skipped)} skipped, no errors")
+EOF
+  echo "  wall $(( $(date +%s) - t0 )) s"
+done
+test -s "$out/nbconvert/metrics.json"
+echo "notebook tests: ok"
