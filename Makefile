@@ -96,7 +96,7 @@ bench: setup $(BENCH_PY)
 
 # Kernel start-up and first cells through the Jupyter protocol, medians of fresh kernels.
 bench-kernel: kernel
-	$(JUPYTER_VENV)/bin/python scripts/bench-kernel.py --out $(OUT)/bench-kernel.json
+	$(JUPYTER_VENV)/bin/python scripts/bench-kernel.py --concurrent 0 --out $(OUT)/bench-kernel.json
 
 clean:
 	$(CARGO) clean
