@@ -130,10 +130,9 @@ impl Checkpoint {
     }
 
     /// Saves the state after an epoch: the weights file, then the JSON naming
-    /// it, then removes the previous weights file.
+    /// it, then removes the other epochs' weights files.
     pub(crate) fn save(&mut self, dir: &Path, model: &Sequential) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let previous = self.weights_file.clone();
         self.weights_file = format!("epoch-{:04}.safetensors", self.epochs_done);
         let mut tensors: crate::weights::NamedTensors = BTreeMap::new();
         for (name, t) in model.get_trainable_weights() {
@@ -144,8 +143,13 @@ impl Checkpoint {
         }
         crate::weights::write_safetensors(&tensors, &dir.join(&self.weights_file))?;
         crate::paths::write_atomic(&Self::json_path(dir), &serde_json::to_vec_pretty(self)?)?;
-        if !previous.is_empty() && previous != self.weights_file {
-            let _ = std::fs::remove_file(dir.join(previous));
+        // Every other epoch's weights go: the previous one, and any left by a process
+        // killed between writing the JSON and this clean-up.
+        for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("epoch-") && name.ends_with(".safetensors") && name != self.weights_file {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         Ok(())
     }

@@ -1,13 +1,14 @@
 //! `weights = None | 'imagenet' | <path>`, as on the slide "Importación de VGG16".
 //!
-//! Whatever format the weights come in (Keras h5, ONNX, safetensors), aula turns
-//! them into one map from Keras weight names (`block1_conv1/kernel`,
+//! Whatever format the weights come in (Keras h5, ONNX, safetensors, torch .pth),
+//! aula turns them into one map from Keras weight names (`block1_conv1/kernel`,
 //! `block1_conv1/bias`) to tensors in Keras layout (conv kernels HWIO, dense
 //! kernels (in, out)). The model then takes what it needs from that map.
 
 mod keras_h5;
 mod manifest;
 mod onnx;
+mod pth;
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use tch::Tensor;
 pub use keras_h5::read_keras_h5;
 pub use manifest::{sha256_file, Manifest, WeightsEntry};
 pub use onnx::read_onnx_initializers;
+pub use pth::read_pth;
 
 /// Tensors by Keras weight name, in Keras layout.
 pub type NamedTensors = BTreeMap<String, Tensor>;
@@ -28,7 +30,7 @@ pub enum Weights {
     None,
     /// The ImageNet weights: `~/.keras/models` first, then aula's cache.
     Imagenet,
-    /// A file: a Keras `.h5` or a `.safetensors`.
+    /// A file: a Keras `.h5`, a `.safetensors` or a torch `.pth`/`.pt` state dict.
     File(PathBuf),
 }
 
@@ -59,13 +61,16 @@ pub fn read_weights_file(path: &Path) -> Result<NamedTensors> {
         read_keras_h5(path)
     } else if path.extension().is_some_and(|e| e == "safetensors") {
         read_safetensors(path)
-    } else if path.extension().is_some_and(|e| e == "pth" || e == "pt" || e == "pkl") {
+    } else if path.extension().is_some_and(|e| e == "pth" || e == "pt") {
+        // Torch state dicts are pickles: read by a restricted interpreter that runs no code.
+        read_pth(path)
+    } else if path.extension().is_some_and(|e| e == "pkl") {
+        bail!("{} is a plain pickle; aula never runs pickle code. Convert it to .safetensors", path.display())
+    } else {
         bail!(
-            "{} is a pickle-based torch file; aula never runs pickle code. Convert it to .safetensors",
+            "{}: unknown weights format (expected a Keras .h5, a .safetensors or a torch .pth/.pt file)",
             path.display()
         )
-    } else {
-        bail!("{}: unknown weights format (expected a Keras .h5 or a .safetensors file)", path.display())
     }
 }
 
