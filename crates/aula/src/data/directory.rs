@@ -54,6 +54,12 @@ impl ImageDataGenerator {
         ImageDataGenerator { preprocessing: Preprocessing::Caffe, ..Default::default() }
     }
 
+    /// `ImageDataGenerator(preprocessing_function=<model>.preprocess_input)`:
+    /// each pretrained model's own scaling (see `Application::preprocessing`).
+    pub fn preprocess_input(preprocessing: Preprocessing) -> Self {
+        ImageDataGenerator { preprocessing, ..Default::default() }
+    }
+
     /// `rotation_range=40`: degrees.
     pub fn rotation_range(mut self, degrees: f64) -> Self {
         self.augmentation.rotation_range = degrees;

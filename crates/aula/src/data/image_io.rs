@@ -33,6 +33,9 @@ pub enum Preprocessing {
     /// RGB -> BGR, then subtract the ImageNet channel means from 0..255 values.
     /// The ImageNet weights were trained on inputs like these.
     Caffe,
+    /// Keras's 'tf' mode (`mobilenet.preprocess_input`, Inception, Xception):
+    /// values scaled to -1..1 (`x / 127.5 - 1`).
+    Tf,
 }
 
 impl Default for Preprocessing {
@@ -55,6 +58,7 @@ impl Preprocessing {
                     .to_device(x.device());
                 x.flip([1]) - mean
             }
+            Preprocessing::Tf => x / 127.5 - 1.0,
         }
     }
 
@@ -67,6 +71,7 @@ impl Preprocessing {
                 let m = CAFFE_MEAN_BGR;
                 ([2, 1, 0], 1.0, [-m[0], -m[1], -m[2]])
             }
+            Preprocessing::Tf => ([0, 1, 2], 1.0 / 127.5, [-1.0; 3]),
         }
     }
 }

@@ -6,13 +6,15 @@
 //! and weights are stored in Keras's order (HWC, HWIO kernels), so everything
 //! a student reads matches the slides.
 
+pub mod applications;
 pub mod layers;
+mod padding;
 mod summary;
-mod vgg16;
 
 pub use layers::{Dense, Dropout, Flatten, LayerSpec};
+pub use padding::Padding;
 pub use summary::{thousands, Summary};
-pub use vgg16::{vgg16, VGG16};
+pub use applications::vgg16::{vgg16, VGG16};
 
 use crate::weights::NamedTensors;
 use anyhow::{bail, Context, Result};
@@ -23,8 +25,12 @@ use tch::{Device, Kind, Tensor};
 pub enum Activation {
     Linear,
     Relu,
+    /// `ReLU(6.)`: MobileNet's and EfficientNet-Lite's activation.
+    Relu6,
     Sigmoid,
     Softmax,
+    /// `swish` (x · sigmoid(x)), EfficientNet's.
+    Swish,
 }
 
 impl std::str::FromStr for Activation {
@@ -33,9 +39,11 @@ impl std::str::FromStr for Activation {
         Ok(match s {
             "linear" | "" => Activation::Linear,
             "relu" => Activation::Relu,
+            "relu6" => Activation::Relu6,
             "sigmoid" => Activation::Sigmoid,
             "softmax" => Activation::Softmax,
-            other => bail!("unknown activation '{other}' (use relu, sigmoid, softmax or linear)"),
+            "swish" | "silu" => Activation::Swish,
+            other => bail!("unknown activation '{other}' (use relu, relu6, sigmoid, softmax, swish or linear)"),
         })
     }
 }
@@ -46,8 +54,10 @@ impl Activation {
             Activation::Linear => x,
             // In place: saves one activation-sized allocation per layer.
             Activation::Relu => x.relu_(),
+            Activation::Relu6 => x.hardtanh_(),
             Activation::Sigmoid => x.sigmoid(),
             Activation::Softmax => x.softmax(-1, x.kind()),
+            Activation::Swish => x.silu_(),
         }
     }
 }
@@ -55,13 +65,34 @@ impl Activation {
 /// What a layer does. Weights live in [`Layer`], not here.
 #[derive(Debug)]
 pub enum LayerKind {
-    Conv2D { filters: i64, kernel_size: i64, activation: Activation },
-    MaxPooling2D { pool_size: i64 },
+    Conv2D { filters: i64, kernel_size: [i64; 2], strides: [i64; 2], padding: Padding, activation: Activation },
+    DepthwiseConv2D { kernel_size: [i64; 2], strides: [i64; 2], padding: Padding, depth_multiplier: i64, activation: Activation },
+    SeparableConv2D {
+        filters: i64,
+        kernel_size: [i64; 2],
+        strides: [i64; 2],
+        padding: Padding,
+        depth_multiplier: i64,
+        activation: Activation,
+    },
+    /// Keras's momentum (0.99 keeps 99 % of the old moving average).
+    BatchNormalization { epsilon: f64, momentum: f64 },
+    Activation(Activation),
+    /// (top, bottom, left, right)
+    ZeroPadding2D { padding: [i64; 4] },
+    MaxPooling2D { pool_size: [i64; 2], strides: [i64; 2], padding: Padding },
+    AveragePooling2D { pool_size: [i64; 2], strides: [i64; 2], padding: Padding },
+    GlobalAveragePooling2D,
     Flatten,
     Dense { units: i64, activation: Activation },
     Dropout { rate: f64 },
     /// A whole model used as one layer (`model.add(conv_base)`).
     Model(Box<Sequential>),
+    /// The sum of branches that start from the same input (an empty branch is
+    /// the identity): residual connections.
+    Add(Vec<Sequential>),
+    /// Branches that start from the same input, joined along the channels.
+    Concatenate(Vec<Sequential>),
 }
 
 impl LayerKind {
@@ -69,13 +100,29 @@ impl LayerKind {
     pub fn class_name(&self) -> &'static str {
         match self {
             LayerKind::Conv2D { .. } => "Conv2D",
+            LayerKind::DepthwiseConv2D { .. } => "DepthwiseConv2D",
+            LayerKind::SeparableConv2D { .. } => "SeparableConv2D",
+            LayerKind::BatchNormalization { .. } => "BatchNormalization",
+            LayerKind::Activation(Activation::Relu6) => "ReLU",
+            LayerKind::Activation(_) => "Activation",
+            LayerKind::ZeroPadding2D { .. } => "ZeroPadding2D",
             LayerKind::MaxPooling2D { .. } => "MaxPooling2D",
+            LayerKind::AveragePooling2D { .. } => "AveragePooling2D",
+            LayerKind::GlobalAveragePooling2D => "GlobalAveragePooling2D",
             LayerKind::Flatten => "Flatten",
             LayerKind::Dense { .. } => "Dense",
             LayerKind::Dropout { .. } => "Dropout",
             LayerKind::Model(_) => "Model",
+            LayerKind::Add(_) => "Add",
+            LayerKind::Concatenate(_) => "Concatenate",
         }
     }
+}
+
+/// Batch normalization's moving mean and variance: weights Keras saves and
+/// counts as non-trainable, which no optimizer ever updates.
+pub(crate) fn is_moving_statistic(name: &str) -> bool {
+    name.starts_with("moving_")
 }
 
 /// One named layer with its weights (`kernel`, `bias`) and its `trainable` flag.
@@ -103,19 +150,72 @@ impl Layer {
     }
 
     pub fn count_params(&self) -> i64 {
+        let own: i64 = self.weights.iter().map(|(_, t)| t.numel() as i64).sum();
+        own + self.models().iter().map(|m| m.count_params()).sum::<i64>()
+    }
+
+    /// The models inside this layer: a whole model used as a layer, or the
+    /// branches of a merge.
+    pub fn models(&self) -> Vec<&Sequential> {
         match &self.kind {
-            LayerKind::Model(m) => m.count_params(),
-            _ => self.weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+            LayerKind::Model(m) => vec![m],
+            LayerKind::Add(branches) | LayerKind::Concatenate(branches) => branches.iter().collect(),
+            _ => vec![],
         }
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    fn models_mut(&mut self) -> Vec<&mut Sequential> {
+        match &mut self.kind {
+            LayerKind::Model(m) => vec![m],
+            LayerKind::Add(branches) | LayerKind::Concatenate(branches) => branches.iter_mut().collect(),
+            _ => vec![],
+        }
+    }
+
+    fn weight(&self, name: &str) -> Option<&Tensor> {
+        self.weights.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
+    }
+
+    /// `frozen`: an enclosing model or this layer is not trainable. Keras then
+    /// runs batch normalization in inference mode, even while training.
+    fn forward_t(&self, x: &Tensor, train: bool, frozen: bool) -> Tensor {
+        let frozen = frozen || !self.trainable;
+        let bias = self.weight("bias");
         match &self.kind {
-            LayerKind::Conv2D { activation, .. } => {
-                let (w, b) = (&self.weights[0].1, &self.weights[1].1);
-                activation.apply(x.conv2d(w, Some(b), [1, 1], [1, 1], [1, 1], 1))
+            LayerKind::Conv2D { kernel_size, strides, padding, activation, .. } => {
+                let (x, pad) = padding.apply(x, *kernel_size, *strides, 0.0);
+                let w = &self.weights[0].1;
+                activation.apply(x.conv2d(w, bias, strides, pad, [1, 1], 1))
             }
-            LayerKind::MaxPooling2D { pool_size: p } => x.max_pool2d([*p, *p], [*p, *p], [0, 0], [1, 1], false),
+            LayerKind::DepthwiseConv2D { kernel_size, strides, padding, activation, .. } => {
+                let (x, pad) = padding.apply(x, *kernel_size, *strides, 0.0);
+                let groups = x.size()[1];
+                activation.apply(x.conv2d(&self.weights[0].1, bias, strides, pad, [1, 1], groups))
+            }
+            LayerKind::SeparableConv2D { kernel_size, strides, padding, activation, .. } => {
+                let (x, pad) = padding.apply(x, *kernel_size, *strides, 0.0);
+                let groups = x.size()[1];
+                let depthwise = x.conv2d::<&Tensor>(&self.weights[0].1, None, strides, pad, [1, 1], groups);
+                activation.apply(depthwise.conv2d(&self.weights[1].1, bias, [1, 1], [0, 0], [1, 1], 1))
+            }
+            LayerKind::BatchNormalization { epsilon, momentum } => x.batch_norm(
+                self.weight("gamma"),
+                self.weight("beta"),
+                self.weight("moving_mean"),
+                self.weight("moving_variance"),
+                train && !frozen,
+                1.0 - momentum, // PyTorch's momentum is the weight of the new batch
+                *epsilon,
+                true,
+            ),
+            LayerKind::Activation(activation) => activation.apply(x.shallow_clone()),
+            LayerKind::ZeroPadding2D { padding: [t, b, l, r] } => x.constant_pad_nd([*l, *r, *t, *b]),
+            LayerKind::MaxPooling2D { pool_size, strides, padding } => {
+                let (x, pad) = padding.apply(x, *pool_size, *strides, f64::NEG_INFINITY);
+                x.max_pool2d(pool_size, strides, pad, [1, 1], false)
+            }
+            LayerKind::AveragePooling2D { pool_size, strides, padding } => average_pool(x, *pool_size, *strides, *padding),
+            LayerKind::GlobalAveragePooling2D => x.mean_dim([2, 3].as_slice(), false, x.kind()),
             // Keras flattens (H, W, C): move channels last first so a Dense layer
             // sees features in the same order as Keras (and as saved features).
             LayerKind::Flatten if x.dim() == 4 => x.permute([0, 2, 3, 1]).flatten(1, -1),
@@ -125,9 +225,32 @@ impl Layer {
                 activation.apply(x.matmul(w) + b)
             }
             LayerKind::Dropout { rate } => x.dropout(*rate, train),
-            LayerKind::Model(m) => m.forward_t(x, train),
+            LayerKind::Model(m) => m.run(x, train, frozen),
+            LayerKind::Add(branches) => branches
+                .iter()
+                .map(|b| b.run(x, train, frozen))
+                .reduce(|sum, y| sum + y)
+                .expect("a merge has branches"),
+            LayerKind::Concatenate(branches) => {
+                let outs: Vec<Tensor> = branches.iter().map(|b| b.run(x, train, frozen)).collect();
+                Tensor::cat(&outs, 1)
+            }
         }
     }
+}
+
+/// Average pooling that, like TensorFlow's 'same', averages only the pixels
+/// inside the image at the borders.
+fn average_pool(x: &Tensor, kernel: [i64; 2], strides: [i64; 2], padding: Padding) -> Tensor {
+    let (padded, pad) = padding.apply(x, kernel, strides, 0.0);
+    if padded.size() == x.size() {
+        return x.avg_pool2d(kernel, strides, pad, false, false, None::<i64>);
+    }
+    // Uneven padding was added to the input: divide by how many real pixels each window saw.
+    let sums = padded.avg_pool2d(kernel, strides, [0, 0], false, true, None::<i64>);
+    let ones = x.ones_like().narrow(1, 0, 1);
+    let (ones, _) = padding.apply(&ones, kernel, strides, 0.0);
+    sums / ones.avg_pool2d(kernel, strides, [0, 0], false, true, None::<i64>)
 }
 
 /// A stack of layers, Keras's `models.Sequential()` (also what `VGG16(...)` returns).
@@ -196,7 +319,7 @@ impl Sequential {
             if layer.name == name {
                 return Some(layer);
             }
-            if let LayerKind::Model(m) = &mut layer.kind {
+            for m in layer.models_mut() {
                 if let Some(found) = m.find_layer(name) {
                     return Some(found);
                 }
@@ -208,6 +331,10 @@ impl Sequential {
     pub fn layer_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         for layer in &self.layers {
+            // A merge's branches come before the merge, as in Keras's layer list.
+            if !matches!(layer.kind, LayerKind::Model(_)) {
+                layer.models().iter().for_each(|m| names.extend(m.layer_names()));
+            }
             names.push(layer.name.clone());
             if let LayerKind::Model(m) = &layer.kind {
                 names.extend(m.layer_names());
@@ -234,7 +361,8 @@ impl Sequential {
     }
 
     /// Every weight tensor with its Keras name (`block1_conv1/kernel`) and whether
-    /// it is trainable now (its layer's flag and every enclosing model's flag).
+    /// it is trainable now (its layer's flag and every enclosing model's flag;
+    /// batch normalization's moving statistics never are).
     pub fn named_weights(&self) -> Vec<(String, &Tensor, bool)> {
         let mut out = Vec::new();
         self.collect_weights(self.trainable, &mut out);
@@ -244,10 +372,15 @@ impl Sequential {
     fn collect_weights<'a>(&'a self, parent_trainable: bool, out: &mut Vec<(String, &'a Tensor, bool)>) {
         for layer in &self.layers {
             let trainable = parent_trainable && layer.trainable;
-            match &layer.kind {
-                LayerKind::Model(m) => m.collect_weights(trainable && m.trainable, out),
-                _ => out.extend(layer.weights.iter().map(|(n, t)| (format!("{}/{n}", layer.name), t, trainable))),
+            for m in layer.models() {
+                m.collect_weights(trainable && m.trainable, out);
             }
+            out.extend(
+                layer
+                    .weights
+                    .iter()
+                    .map(|(n, t)| (format!("{}/{n}", layer.name), t, trainable && !is_moving_statistic(n))),
+            );
         }
     }
 
@@ -262,21 +395,28 @@ impl Sequential {
         self.trainable = flag;
     }
 
-    /// Runs the model; `train` switches dropout on.
+    /// Runs the model; `train` switches dropout on, and batch normalization
+    /// to batch statistics in the layers that are trainable.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.run(x, train, false)
+    }
+
+    fn run(&self, x: &Tensor, train: bool, frozen: bool) -> Tensor {
+        let frozen = frozen || !self.trainable;
         let mut x = x.to_device(self.device);
         if self.channels_last && x.dim() == 4 {
             x = to_channels_last(&x);
         }
         for layer in &self.layers {
-            x = layer.forward_t(&x, train);
+            x = layer.forward_t(&x, train, frozen);
         }
         x
     }
 
     /// The layers in the order data flows through them, nested models
     /// expanded, each with whether its weights are trainable now (its own flag
-    /// and every enclosing one; a layer without weights counts as frozen).
+    /// and every enclosing one; a layer without weights counts as frozen). A
+    /// merge is one step: trainable when any weight in its branches is.
     pub(crate) fn leaves(&self) -> Vec<(&Layer, bool)> {
         let mut out = Vec::new();
         self.collect_leaves(self.trainable, &mut out);
@@ -288,7 +428,12 @@ impl Sequential {
             let trainable = parent_trainable && layer.trainable;
             match &layer.kind {
                 LayerKind::Model(m) => m.collect_leaves(trainable && m.trainable, out),
-                _ => out.push((layer, trainable && !layer.weights.is_empty())),
+                LayerKind::Add(branches) | LayerKind::Concatenate(branches) => {
+                    let mut weights = Vec::new();
+                    branches.iter().for_each(|b| b.collect_weights(trainable && b.trainable, &mut weights));
+                    out.push((layer, weights.iter().any(|(_, _, t)| *t)));
+                }
+                _ => out.push((layer, trainable && layer.weights.iter().any(|(n, _)| !is_moving_statistic(n)))),
             }
         }
     }
@@ -306,7 +451,7 @@ impl Sequential {
             x = to_channels_last(&x);
         }
         for (layer, _) in &self.leaves()[range] {
-            x = layer.forward_t(&x, false);
+            x = layer.forward_t(&x, false, true);
         }
         x
     }
@@ -328,14 +473,10 @@ impl Sequential {
         let _guard = tch::no_grad_guard();
         self.channels_last = on;
         for layer in &mut self.layers {
-            match &mut layer.kind {
-                LayerKind::Model(m) => m.set_channels_last(on),
-                LayerKind::Conv2D { .. } => {
-                    let kernel = &mut layer.weights[0].1;
-                    let relaid = if on { to_channels_last(kernel) } else { kernel.contiguous() };
-                    *kernel = relaid.detach().set_requires_grad(kernel.requires_grad());
-                }
-                _ => {}
+            layer.models_mut().into_iter().for_each(|m| m.set_channels_last(on));
+            for (_, kernel) in layer.weights.iter_mut().filter(|(_, t)| t.dim() == 4) {
+                let relaid = if on { to_channels_last(kernel) } else { kernel.contiguous() };
+                *kernel = relaid.detach().set_requires_grad(kernel.requires_grad());
             }
         }
     }
@@ -344,13 +485,9 @@ impl Sequential {
     pub fn to_device(&mut self, device: Device) {
         self.device = device;
         for layer in &mut self.layers {
-            match &mut layer.kind {
-                LayerKind::Model(m) => m.to_device(device),
-                _ => {
-                    for (_, t) in &mut layer.weights {
-                        *t = t.to_device(device).detach().set_requires_grad(t.requires_grad());
-                    }
-                }
+            layer.models_mut().into_iter().for_each(|m| m.to_device(device));
+            for (_, t) in &mut layer.weights {
+                *t = t.to_device(device).detach().set_requires_grad(t.requires_grad());
             }
         }
     }
@@ -381,9 +518,8 @@ impl Sequential {
         let _guard = tch::no_grad_guard();
         let mut taken = 0;
         for layer in &mut self.layers {
-            if let LayerKind::Model(m) = &mut layer.kind {
+            for m in layer.models_mut() {
                 taken += m.assign_weights(tensors, source, require_all)?;
-                continue;
             }
             for (param, dst) in &mut layer.weights {
                 let key = format!("{}/{param}", layer.name);
@@ -445,22 +581,24 @@ impl Sequential {
     pub fn get_weights(&self) -> NamedTensors {
         let mut out = NamedTensors::new();
         for layer in &self.layers {
-            match &layer.kind {
-                LayerKind::Model(m) => out.extend(m.get_weights()),
-                _ => {
-                    for (param, t) in &layer.weights {
-                        let keras = keras_layout(&layer.kind, param, t).to_device(Device::Cpu).contiguous();
-                        out.insert(format!("{}/{param}", layer.name), keras);
-                    }
-                }
+            layer.models().into_iter().for_each(|m| out.extend(m.get_weights()));
+            for (param, t) in &layer.weights {
+                let keras = keras_layout(&layer.kind, param, t).to_device(Device::Cpu).contiguous();
+                out.insert(format!("{}/{param}", layer.name), keras);
             }
         }
         out
     }
 
-    /// Saves the weights as safetensors (Keras names and layout), atomically.
+    /// Saves the weights (Keras names and layout), atomically: a Keras `.h5`
+    /// when the name ends in `.h5`, else safetensors.
     pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::weights::write_safetensors(&self.get_weights(), path.as_ref())
+        let path = path.as_ref();
+        if path.extension().is_some_and(|e| e == "h5") {
+            crate::weights::write_keras_h5(&self.get_weights(), path)
+        } else {
+            crate::weights::write_safetensors(&self.get_weights(), path)
+        }
     }
 
     /// A fresh Keras-style name for a layer of this kind: `dense_1`, `dense_2`…
@@ -470,17 +608,29 @@ impl Sequential {
     }
 }
 
-/// A weight seen in Keras's layout (conv kernels HWIO), as a view.
+/// A weight seen in Keras's layout: conv kernels HWIO, depthwise kernels
+/// (H, W, C, depth_multiplier). PyTorch's are OIHW and (C·m, 1, H, W).
 fn keras_layout(kind: &LayerKind, param: &str, t: &Tensor) -> Tensor {
     match (kind, param) {
-        (LayerKind::Conv2D { .. }, "kernel") => t.permute([2, 3, 1, 0]),
+        (LayerKind::Conv2D { .. }, "kernel") | (_, "pointwise_kernel") => t.permute([2, 3, 1, 0]),
+        (
+            LayerKind::DepthwiseConv2D { depth_multiplier: m, .. } | LayerKind::SeparableConv2D { depth_multiplier: m, .. },
+            "depthwise_kernel",
+        ) => {
+            let s = t.size();
+            t.reshape([s[0] / m, *m, s[2], s[3]]).permute([2, 3, 0, 1])
+        }
         _ => t.shallow_clone(),
     }
 }
 
 fn from_keras_layout(kind: &LayerKind, param: &str, t: &Tensor) -> Tensor {
     match (kind, param) {
-        (LayerKind::Conv2D { .. }, "kernel") => t.permute([3, 2, 0, 1]),
+        (LayerKind::Conv2D { .. }, "kernel") | (_, "pointwise_kernel") => t.permute([3, 2, 0, 1]),
+        (_, "depthwise_kernel") => {
+            let s = t.size();
+            t.permute([2, 3, 0, 1]).reshape([s[2] * s[3], 1, s[0], s[1]])
+        }
         _ => t.shallow_clone(),
     }
 }

@@ -1,6 +1,6 @@
 //! Keras's `model.summary()` table, as printed in the book.
 
-use super::Sequential;
+use super::{LayerKind, Sequential};
 use std::fmt;
 
 /// Columns end at these characters, as in Keras 2's `print_summary`.
@@ -31,9 +31,7 @@ impl Summary {
                 rows.push(("input_1 (InputLayer)".to_string(), shape(input), 0));
             }
         }
-        for layer in model.layers() {
-            rows.push((format!("{} ({})", layer.name, layer.kind.class_name()), shape(&layer.output_shape), layer.count_params()));
-        }
+        push_rows(model, &mut rows);
         let trainable: i64 = model.named_weights().iter().filter(|(_, _, t)| *t).map(|(_, w, _)| w.numel() as i64).sum();
         let total = model.count_params();
         Summary {
@@ -43,6 +41,21 @@ impl Summary {
             trainable_params: trainable,
             non_trainable_params: total - trainable,
         }
+    }
+}
+
+/// One row per layer; a merge's branches are listed before it, as Keras lists
+/// every layer of a functional model, while a model used as a layer is one row.
+fn push_rows(model: &Sequential, rows: &mut Vec<(String, String, i64)>) {
+    for layer in model.layers() {
+        let merge = matches!(layer.kind, LayerKind::Add(_) | LayerKind::Concatenate(_));
+        let params = if merge {
+            layer.models().into_iter().for_each(|branch| push_rows(branch, rows));
+            0
+        } else {
+            layer.count_params()
+        };
+        rows.push((format!("{} ({})", layer.name, layer.kind.class_name()), shape(&layer.output_shape), params));
     }
 }
 

@@ -4,6 +4,7 @@
 //! Layout: one group per layer (`block1_conv1`), whose attribute `weight_names`
 //! lists datasets such as `block1_conv1/kernel:0`, stored under the group.
 //! Conv kernels are HWIO, dense kernels (in, out): the layout aula keeps.
+//! [`write_keras_h5`] writes the same layout, so Keras's `load_weights` reads it.
 
 use super::NamedTensors;
 use anyhow::{bail, Context, Result};
@@ -51,4 +52,40 @@ fn datasets_under(group: &hdf5::Group) -> Result<Vec<String>> {
         }
     }
     Ok(found)
+}
+
+/// Writes `tensors` (Keras names `layer/weight`, Keras layout) as Keras's
+/// `save_weights` does: a group per layer holding `<layer>/<weight>:0`
+/// datasets, with the `layer_names` and `weight_names` attributes Keras reads.
+pub fn write_keras_h5(tensors: &NamedTensors, path: &Path) -> Result<()> {
+    let tmp = crate::paths::tmp_path(path);
+    write_h5(tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn write_h5(tensors: &NamedTensors, path: &Path) -> Result<()> {
+    use hdf5::types::VarLenAscii;
+    let ascii = |names: &[String]| -> Result<Vec<VarLenAscii>> {
+        names.iter().map(|n| VarLenAscii::from_ascii(n).context("weight names must be ASCII")).collect()
+    };
+    let file = hdf5::File::create(path)?;
+    let mut layers: Vec<&str> = tensors.keys().filter_map(|k| k.rsplit_once('/').map(|(l, _)| l)).collect();
+    layers.dedup();
+    for layer in &layers {
+        let group = file.create_group(layer)?;
+        let mut weight_names = Vec::new();
+        for (name, t) in tensors.iter().filter(|(k, _)| k.rsplit_once('/').map(|(l, _)| l) == Some(*layer)) {
+            let weight = name.rsplit('/').next().unwrap_or(name);
+            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+            let values = Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1))?;
+            let dataset = format!("{layer}/{weight}:0");
+            group.new_dataset::<f32>().shape(shape).create(dataset.as_str())?.write_raw(&values)?;
+            weight_names.push(dataset);
+        }
+        let names = ascii(&weight_names)?;
+        group.new_attr::<VarLenAscii>().shape(names.len()).create("weight_names")?.write(&names)?;
+    }
+    let names = ascii(&layers.iter().map(|l| l.to_string()).collect::<Vec<_>>())?;
+    file.new_attr::<VarLenAscii>().shape(names.len()).create("layer_names")?.write(&names)?;
+    Ok(())
 }

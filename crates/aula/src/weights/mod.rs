@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-pub use keras_h5::read_keras_h5;
+pub use keras_h5::{read_keras_h5, write_keras_h5};
 pub use manifest::{sha256_file, Manifest, WeightsEntry};
 pub use onnx::read_onnx_initializers;
 pub use pth::read_pth;
@@ -110,7 +110,7 @@ pub fn resolve_imagenet(entry: &WeightsEntry) -> Result<PathBuf> {
         return Ok(path);
     }
     let keras = crate::paths::keras_models_dir().join(&entry.keras_file);
-    if keras.exists() {
+    if !entry.keras_file.is_empty() && keras.exists() {
         return Ok(keras);
     }
     let cached = entry.cache_path();

@@ -1,0 +1,95 @@
+//! Keras's `keras.applications`: pretrained convolutional bases with the same
+//! arguments everywhere (`weights`, `include_top`, `input_shape`) and Keras's
+//! layer names, so freezing by name and loading Keras's `.h5` files work as in
+//! the book. The slide "Otros modelos" lists Xception, InceptionV3, ResNet50,
+//! VGG16, VGG19 and MobileNet; MobileNetV2 and EfficientNet-Lite0 are the light
+//! nets whose ImageNet weights aula can install offline.
+
+pub mod vgg16;
+pub mod vgg19;
+
+use super::Sequential;
+use crate::data::Preprocessing;
+use crate::weights::{self, Manifest, Weights};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// What every application shares: its Keras name, the files Keras downloads
+/// into `~/.keras/models`, its input-size limits and its preprocessing.
+#[derive(Clone, Copy, Debug)]
+pub struct Application {
+    /// Keras's function name: `"ResNet50"`.
+    pub name: &'static str,
+    /// `keras.applications.<module>` and aula's manifest key: `"resnet50"`.
+    pub module: &'static str,
+    /// Keras's file with the classifier (`include_top=True`).
+    pub keras_top: &'static str,
+    /// Keras's file of the convolutional base.
+    pub keras_notop: &'static str,
+    /// The input size of the ImageNet classifier (and of `include_top=True`).
+    pub default_size: i64,
+    /// The smallest input the base accepts.
+    pub min_size: i64,
+    /// `<module>.preprocess_input`: how images must be scaled for the ImageNet weights.
+    pub preprocessing: Preprocessing,
+}
+
+impl Application {
+    /// Checks `input_shape` as Keras's `obtain_input_shape` does.
+    pub fn check_input_shape(&self, include_top: bool, input_shape: (i64, i64, i64)) -> Result<()> {
+        let (h, w, c) = input_shape;
+        let name = self.name;
+        if c != 3 {
+            bail!("{name} takes RGB images: input_shape must end in 3, got {input_shape:?}");
+        }
+        let size = self.default_size;
+        if include_top && (h, w) != (size, size) {
+            bail!("with include_top=true {name}'s classifier needs input_shape ({size}, {size}, 3), got {input_shape:?}");
+        }
+        let min = self.min_size;
+        if h < min || w < min {
+            bail!("{name} needs images of at least {min}×{min}, got {input_shape:?}");
+        }
+        Ok(())
+    }
+
+    /// Puts `weights` into a freshly built `model`:
+    /// - `none`: keeps the random initialisation;
+    /// - a file: Keras `.h5`, `.safetensors` or torch `.pth` with Keras names;
+    /// - `imagenet`: `$AULA_<MODULE>_WEIGHTS` if set, else Keras's own file in
+    ///   `~/.keras/models` (as Keras would have downloaded it), else the weights
+    ///   `make weights` installed (assets/weights.json), else an error naming them.
+    pub fn load(&self, model: &mut Sequential, weights: Weights, include_top: bool) -> Result<()> {
+        let path = match weights {
+            Weights::None => return Ok(()),
+            Weights::File(path) => return model.load_weights(&path),
+            Weights::Imagenet => self.imagenet_file(include_top)?,
+        };
+        // An installed classifier also serves its base: take the weights the model has.
+        let mut tensors = weights::read_weights_file(&path)?;
+        let names: std::collections::BTreeSet<String> = model.named_weights().into_iter().map(|(n, _, _)| n).collect();
+        tensors.retain(|k, _| names.contains(k));
+        model.set_weights(&tensors, &path.display().to_string())
+    }
+
+    fn imagenet_file(&self, include_top: bool) -> Result<PathBuf> {
+        let keras_file = if include_top { self.keras_top } else { self.keras_notop };
+        let keras_dir = crate::paths::keras_models_dir();
+        let manifest = Manifest::load();
+        match manifest.get(self.module) {
+            Ok(entry) if entry.include_top || !include_top => weights::resolve_imagenet(entry),
+            _ if keras_dir.join(keras_file).exists() => Ok(keras_dir.join(keras_file)),
+            Ok(_) => bail!(
+                "aula installs only {}'s convolutional base; for include_top=true put Keras's {keras_file} into {}",
+                self.name,
+                keras_dir.display()
+            ),
+            Err(_) => bail!(
+                "no ImageNet weights for {} here: Keras downloads {keras_file} from storage.googleapis.com, which \
+                 aula cannot reach. Put that file into {} (or pass weights=\"<path>\"), or use weights=\"none\"",
+                self.name,
+                keras_dir.display()
+            ),
+        }
+    }
+}
