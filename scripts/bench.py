@@ -378,6 +378,8 @@ def print_table(r: dict) -> None:
          r.get("decode_img_s"), r["pil_decode_parallel_img_s"], r.get("decode_ratio_vs_pil_parallel")),
         ("frozen DA epoch, s (100 steps of 20; lower is better)",
          r.get("da_epoch_s"), r.get("pytorch_da_epoch_s"), r.get("da_epoch_ratio_vs_pytorch")),
+        ("the same epoch: aula VGG16 vs aula EfficientNet-Lite0, s (speed-up)",
+         r.get("da_epoch_s"), r.get("effnet_lite0_da_epoch_s"), r.get("effnet_lite0_da_speedup_vs_vgg16")),
     ]
     w = max(len(name) for name, *_ in rows)
     print(f"\n{'':<{w}}  {'aula':>9}  {'reference':>9}  {'ratio':>7}")
@@ -398,6 +400,11 @@ def print_table(r: dict) -> None:
     if r.get("vgg16_extract_gflops") is not None:
         print(f"aula VGG16 conv base: {r['vgg16_extract_gflops']:.0f} GFLOP/s = "
               f"{100 * r['vgg16_extract_peak_fraction']:.0f}% of the {r['matmul_peak_dtype']} matrix-product peak")
+    speeds = sorted(((k[: -len("_extract_img_s")], v) for k, v in r.items()
+                     if k.endswith("_extract_img_s") and not k.startswith(("pytorch", "vgg16_extract_nchw"))),
+                    key=lambda kv: -kv[1])
+    print("aula conv bases, 150x150, batch 32 (random weights): "
+          + ", ".join(f"{name} {fmt(v)} img/s" for name, v in speeds))
     print(f"{r['threads']} threads, {r['rounds']} interleaved rounds (medians), {r['date']}")
 
 
@@ -476,6 +483,9 @@ def main(argv=None) -> int:
         # Time per frozen DA epoch (100 steps of 20), aula / PyTorch: below 1 is faster.
         "pytorch_da_epoch_s": r["pytorch_da_step_s"] * 100 if "pytorch_da_step_s" in r else None,
         "da_epoch_ratio_vs_pytorch": ratio(r.get("da_step_s"), r.get("pytorch_da_step_s")),
+        # The same frozen DA step with EfficientNet-Lite0's base instead of VGG16's (target >= 10).
+        "effnet_lite0_da_epoch_s": r["effnet_lite0_da_step_s"] * 100 if "effnet_lite0_da_step_s" in r else None,
+        "effnet_lite0_da_speedup_vs_vgg16": ratio(r.get("da_step_s"), r.get("effnet_lite0_da_step_s")),
         "decode_ratio_vs_pil_parallel": ratio(r.get("decode_img_s"), r["pil_decode_parallel_img_s"]),
         "pil_images": len(paths),
         "threads": args.threads,

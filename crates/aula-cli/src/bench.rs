@@ -2,6 +2,7 @@
 //! PIL in the same script and prints the ratios).
 
 use anyhow::{Context, Result};
+use aula::comparison::images_per_second;
 use aula::prelude::*;
 use serde_json::json;
 use std::path::PathBuf;
@@ -29,12 +30,28 @@ pub struct Args {
 /// VGG16's convolutional base at 150×150 costs 13.23 GFLOP per image.
 const VGG16_GFLOP_150: f64 = 13.23;
 
+/// The backbones whose base throughput `make bench` reports besides VGG16's
+/// (random weights: the speed is the same).
+const BACKBONES: [&str; 7] = ["VGG19", "ResNet50", "InceptionV3", "Xception", "MobileNet", "MobileNetV2", "EfficientNetLite0"];
+
 pub fn run(args: Args) -> Result<()> {
     tch::set_num_threads(args.threads);
     let mut conv_base = vgg16(Weights::None, false, (150, 150, 3))?;
-    let extract_img_s = images_per_second(&conv_base, args.batches);
+    let extract_img_s = images_per_second(&conv_base, 32, args.batches)?;
     conv_base.set_channels_last(false);
-    let nchw_img_s = images_per_second(&conv_base, args.batches);
+    let nchw_img_s = images_per_second(&conv_base, 32, args.batches)?;
+    println!(
+        "VGG16 conv base, 150×150, batch 32, {} threads: {extract_img_s:.1} img/s ({:.0} GFLOP/s); NCHW: {nchw_img_s:.1} img/s",
+        args.threads,
+        extract_img_s * VGG16_GFLOP_150
+    );
+    let mut backbones = serde_json::Map::new();
+    for name in BACKBONES {
+        let base = aula::model::applications::by_name(name)?(Weights::None, false, (150, 150, 3))?;
+        let img_s = images_per_second(&base, 32, args.batches)?;
+        println!("{name} conv base, 150×150: {img_s:.1} img/s ({:.2} GFLOP per image)", base.flops() as f64 / 1e9);
+        backbones.insert(format!("{}_extract_img_s", name.to_lowercase()), json!(img_s));
+    }
 
     let data = args.data.or_else(aula::data::default_data_dir).context("no data folder for the decode benchmark")?;
     let mut files = Vec::new();
@@ -50,21 +67,23 @@ pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let images = aula::data::decode_all(&files, (150, 150))?;
     let decode_img_s = images.len() as f64 / start.elapsed().as_secs_f64();
-
-    println!(
-        "VGG16 conv base, 150×150, batch 32, {} threads: {extract_img_s:.1} img/s ({:.0} GFLOP/s); NCHW: {nchw_img_s:.1} img/s",
-        args.threads,
-        extract_img_s * VGG16_GFLOP_150
-    );
     println!("JPEG decode + resize to 150×150, {} images: {decode_img_s:.0} img/s", images.len());
-    let da_step_s = (args.da_steps > 0).then(|| da_step_seconds(&data, args.da_steps)).transpose()?;
+
+    let da_step_s = (args.da_steps > 0).then(|| da_step_seconds(&data, "VGG16", args.da_steps)).transpose()?;
     if let Some(s) = da_step_s {
         println!("frozen data-augmentation training: {s:.2} s per step of 20 ({:.0} s per 100-step epoch)", s * 100.0);
     }
+    // The light net's steps are short: time 5× as many for the same precision.
+    let effnet_da_step_s =
+        (args.da_steps > 0).then(|| da_step_seconds(&data, "EfficientNetLite0", 5 * args.da_steps)).transpose()?;
+    if let (Some(vgg), Some(effnet)) = (da_step_s, effnet_da_step_s) {
+        println!("the same with EfficientNet-Lite0: {effnet:.3} s per step ({:.1}× faster)", vgg / effnet);
+    }
     if args.json {
-        let out = json!({
+        let mut out = json!({
             "da_step_s": da_step_s,
             "da_epoch_s": da_step_s.map(|s| s * 100.0),
+            "effnet_lite0_da_step_s": effnet_da_step_s,
             "vgg16_extract_img_s": extract_img_s,
             "vgg16_extract_gflops": extract_img_s * VGG16_GFLOP_150,
             "vgg16_extract_nchw_img_s": nchw_img_s,
@@ -72,35 +91,26 @@ pub fn run(args: Args) -> Result<()> {
             "threads": args.threads,
             "device": device_info(),
         });
+        out.as_object_mut().expect("a JSON object").extend(backbones);
         println!("{out}");
     }
     Ok(())
 }
 
-/// Conv-base throughput on one random batch of 32 (after a warm-up batch).
-fn images_per_second(conv_base: &Sequential, batches: usize) -> f64 {
-    let x = Tensor::rand([32, 3, 150, 150], (Kind::Float, conv_base.device()));
-    let _guard = tch::no_grad_guard();
-    let _ = conv_base.forward_t(&x, false);
-    let start = Instant::now();
-    for _ in 0..batches {
-        let _ = conv_base.forward_t(&x, false);
-    }
-    (32 * batches) as f64 / start.elapsed().as_secs_f64()
-}
-
 /// Seconds per training step of "Alternativa 2" with the base frozen: a batch of 20
-/// augmented training images (decode, resize, augment, rescale), VGG16's base
-/// forward, the head's forward and backward, RMSprop. As the notebook trains it
+/// augmented training images (decode, resize, augment, rescale), the base's
+/// forward, the head's forward and backward, RMSprop. As the notebooks train it
 /// (random base weights: the speed is the same).
-fn da_step_seconds(data: &std::path::Path, steps: usize) -> Result<f64> {
+fn da_step_seconds(data: &std::path::Path, backbone: &str, steps: usize) -> Result<f64> {
     aula::train::seed(0);
+    let base = aula::model::applications::by_name(backbone)?(Weights::None, false, (150, 150, 3))?;
+    let base_name = base.name.clone();
     let mut model = Sequential::new("sequential");
-    model.add(vgg16(Weights::None, false, (150, 150, 3))?)?;
+    model.add(base)?;
     model.add(Flatten())?;
     model.add(Dense(256).activation("relu"))?;
     model.add(Dense(1).activation("sigmoid"))?;
-    model.get_layer("vgg16")?.trainable = false;
+    model.get_layer(&base_name)?.trainable = false;
     model.compile(RMSprop::new(2e-5), "binary_crossentropy", &["acc"])?;
     let datagen = ImageDataGenerator::rescale(1.0 / 255.0)
         .rotation_range(40.0)

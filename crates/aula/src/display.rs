@@ -126,3 +126,52 @@ impl ImageGrid {
         self.0.evcxr_display();
     }
 }
+
+/// A small table of text cells, shown as HTML in a notebook (plain text elsewhere).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Table {
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Table {
+        Table { headers: headers.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) -> &mut Self {
+        self.rows.push(cells);
+        self
+    }
+
+    pub fn to_html(&self) -> String {
+        let cells = |tag: &str, row: &[String]| -> String {
+            row.iter().map(|c| format!("<{tag}>{}</{tag}>", escape(c))).collect()
+        };
+        let body: String = self.rows.iter().map(|r| format!("<tr>{}</tr>", cells("td", r))).collect();
+        format!("<table><thead><tr>{}</tr></thead><tbody>{body}</tbody></table>", cells("th", &self.headers))
+    }
+
+    pub fn evcxr_display(&self) {
+        emit("text/html", &self.to_html());
+        emit("text/plain", &self.to_string());
+    }
+}
+
+impl std::fmt::Display for Table {
+    /// Columns padded to their widest cell.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all = std::iter::once(&self.headers).chain(&self.rows);
+        let mut widths = vec![0; self.headers.len()];
+        for row in all.clone() {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        for row in all {
+            let line: Vec<String> = row.iter().zip(&widths).map(|(c, &w)| format!("{c:<w$}")).collect();
+            writeln!(f, "{}", line.join("  ").trim_end())?;
+        }
+        Ok(())
+    }
+}

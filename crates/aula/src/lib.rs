@@ -9,8 +9,10 @@
 //! - [`features`]: "Alternativa 1", run the conv base once and keep the features;
 //! - [`train`]: compile / fit / evaluate with RMSprop and a `History`;
 //! - [`curves`]: raw and smoothed accuracy and loss curves;
-//! - [`rendered`]: the results of the "no ejecutar en clase" cells, restored in class.
+//! - [`rendered`]: the results of the "no ejecutar en clase" cells, restored in class;
+//! - [`comparison`]: VGG16 against lighter backbones (notebook 04).
 
+pub mod comparison;
 pub mod curves;
 pub mod data;
 pub mod device;
@@ -34,12 +36,18 @@ pub mod prelude {
     pub use crate::curves::{plot_history, smooth_curve};
     pub use crate::data::{ClassMode, DirectoryIterator, ImageDataGenerator, Preprocessing};
     pub use crate::device::{default_device, device_info};
-    pub use crate::display::{ImageGrid, Png};
+    pub use crate::display::{ImageGrid, Png, Table};
     pub use crate::features::extract_features;
     pub use crate::probabilities::{probability_histogram, summarize};
+    pub use crate::model::applications::{
+        EfficientNetLite0, InceptionV3, MobileNet, MobileNetV2, ResNet50, Xception, VGG19,
+    };
+    pub use crate::model::layers::{
+        Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, DepthwiseConv2D,
+        GlobalAveragePooling2D, MaxPooling2D, SeparableConv2D, ZeroPadding2D,
+    };
     pub use crate::model::{vgg16, Dense, Dropout, Flatten, Sequential, VGG16};
     pub use crate::train::{seed, History, RMSprop};
-    pub use crate::model::layers::{Conv2D, MaxPooling2D};
     pub use crate::weights::Weights;
     pub use crate::{Device, Kind, Tensor};
     pub use serde_json::json;

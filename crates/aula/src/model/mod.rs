@@ -7,6 +7,7 @@
 //! a student reads matches the slides.
 
 pub mod applications;
+mod flops;
 pub mod layers;
 mod padding;
 mod summary;
@@ -54,7 +55,8 @@ impl Activation {
             Activation::Linear => x,
             // In place: saves one activation-sized allocation per layer.
             Activation::Relu => x.relu_(),
-            Activation::Relu6 => x.hardtanh_(),
+            // `relu6_`, not `hardtanh_()`: hardtanh's defaults clamp to -1..1.
+            Activation::Relu6 => x.relu6_(),
             Activation::Sigmoid => x.sigmoid(),
             Activation::Softmax => x.softmax(-1, x.kind()),
             Activation::Swish => x.silu_(),

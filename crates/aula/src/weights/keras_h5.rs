@@ -41,6 +41,28 @@ pub fn read_keras_h5(path: &Path) -> Result<NamedTensors> {
     Ok(out)
 }
 
+/// Every float dataset of an HDF5 file by its full path
+/// (`model_weights/keras_layer/MobilenetV2/Conv/weights:0`), for files whose
+/// layer groups nest deeper than [`read_keras_h5`]'s `<layer>/<weight>` keys
+/// can tell apart: a TF-Hub module saved inside a Keras model holds a whole
+/// network under one layer. Other datasets (an optimizer's step counter) are skipped.
+pub fn read_h5_datasets(path: &Path) -> Result<NamedTensors> {
+    let file = hdf5::File::open(path)
+        .with_context(|| format!("{} is not a readable HDF5 file (truncated or damaged?)", path.display()))?;
+    let mut out = NamedTensors::new();
+    for name in datasets_under(&file)? {
+        let dataset = file.dataset(&name)?;
+        if !matches!(dataset.dtype()?.to_descriptor()?, hdf5::types::TypeDescriptor::Float(_)) {
+            continue;
+        }
+        let shape: Vec<i64> = dataset.shape().iter().map(|&d| d as i64).collect();
+        let values: Vec<f32> =
+            dataset.read_raw().with_context(|| format!("{}: cannot read {name}", path.display()))?;
+        out.insert(name, Tensor::from_slice(&values).reshape(&shape));
+    }
+    Ok(out)
+}
+
 /// Dataset paths of a layer group, walking nested groups (`block1_conv1/block1_conv1/kernel:0`).
 fn datasets_under(group: &hdf5::Group) -> Result<Vec<String>> {
     let mut found = Vec::new();

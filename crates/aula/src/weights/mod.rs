@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-pub use keras_h5::{read_keras_h5, write_keras_h5};
+pub use keras_h5::{read_h5_datasets, read_keras_h5, write_keras_h5};
 pub use manifest::{sha256_file, Manifest, WeightsEntry};
 pub use onnx::read_onnx_initializers;
 pub use pth::read_pth;
@@ -138,6 +138,14 @@ pub fn import(model: &str, source: &Path) -> Result<PathBuf> {
     let dest = entry.cache_path();
     match model {
         "vgg16" => import_vgg16_onnx(source, &dest)?,
+        "efficientnet_lite0" => {
+            entry.verify_source(source)?;
+            store_verified(&crate::model::applications::efficientnet_lite::from_torch(source)?, &entry, &dest)?
+        }
+        "mobilenet_v2" => {
+            entry.verify_source(source)?;
+            store_verified(&crate::model::applications::mobilenet_v2::from_tf_hub_h5(source)?, &entry, &dest)?
+        }
         other => bail!("aula does not know how to convert weights for {other}"),
     }
     Ok(dest)

@@ -14,11 +14,44 @@ pub mod vgg16;
 pub mod vgg19;
 pub mod xception;
 
+pub use efficientnet_lite::EfficientNetLite0;
+pub use inception_v3::InceptionV3;
+pub use mobilenet::MobileNet;
+pub use mobilenet_v2::MobileNetV2;
+pub use resnet50::ResNet50;
+pub use vgg16::VGG16;
+pub use vgg19::VGG19;
+pub use xception::Xception;
+
 use super::Sequential;
 use crate::data::Preprocessing;
 use crate::weights::{self, Manifest, Weights};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
+
+/// The applications by Keras name, with their constructors: the slide's list
+/// and the two light nets.
+pub const ALL: [(&str, Constructor); 8] = [
+    ("VGG16", |w, top, shape| VGG16(w, top, shape)),
+    ("VGG19", |w, top, shape| VGG19(w, top, shape)),
+    ("ResNet50", |w, top, shape| ResNet50(w, top, shape)),
+    ("InceptionV3", |w, top, shape| InceptionV3(w, top, shape)),
+    ("Xception", |w, top, shape| Xception(w, top, shape)),
+    ("MobileNet", |w, top, shape| MobileNet(w, top, shape)),
+    ("MobileNetV2", |w, top, shape| MobileNetV2(w, top, shape)),
+    ("EfficientNetLite0", |w, top, shape| EfficientNetLite0(w, top, shape)),
+];
+
+/// `(weights, include_top, input_shape) -> model`, as every application takes.
+pub type Constructor = fn(Weights, bool, (i64, i64, i64)) -> Result<Sequential>;
+
+/// An application by its Keras name (`"ResNet50"`), e.g. for a benchmark's argument.
+pub fn by_name(name: &str) -> Result<Constructor> {
+    match ALL.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        Some((_, build)) => Ok(*build),
+        None => bail!("no application named {name}; known: {}", ALL.map(|(n, _)| n).join(", ")),
+    }
+}
 
 /// What every application shares: its Keras name, the files Keras downloads
 /// into `~/.keras/models`, its input-size limits and its preprocessing.
@@ -84,7 +117,8 @@ impl Application {
         let manifest = Manifest::load();
         match manifest.get(self.module) {
             Ok(entry) if entry.include_top || !include_top => weights::resolve_imagenet(entry),
-            _ if keras_dir.join(keras_file).exists() => Ok(keras_dir.join(keras_file)),
+            // No Keras file for the models Keras lacks (EfficientNet-Lite0).
+            _ if !keras_file.is_empty() && keras_dir.join(keras_file).exists() => Ok(keras_dir.join(keras_file)),
             Ok(_) => bail!(
                 "aula installs only {}'s convolutional base; for include_top=true put Keras's {keras_file} into {}",
                 self.name,
