@@ -94,6 +94,7 @@ pub fn mobilenet(weights: impl Into<Weights>, include_top: bool, input_shape: (i
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::applications::test_support::randomize_batch_norm;
     use tch::{Kind, Tensor};
 
     #[test]
@@ -154,19 +155,6 @@ mod tests {
         assert!(probs.allclose(&logits.softmax(-1, Kind::Float), 1e-5, 1e-6, false));
     }
 
-    /// Batch normalization starts as the identity (γ=1, β=0, μ=0, σ²=1), which
-    /// would hide swapped weights: give every statistic its own value.
-    fn randomize_batch_norm(model: &mut Sequential) {
-        let mut tensors = model.get_weights();
-        for (name, t) in tensors.iter_mut() {
-            if name.ends_with("/gamma") || name.ends_with("/moving_variance") {
-                *t = t.rand_like() + 0.5;
-            } else if name.ends_with("/beta") || name.ends_with("/moving_mean") {
-                *t = (t.rand_like() - 0.5) * 0.2;
-            }
-        }
-        model.set_weights(&tensors, "test").unwrap();
-    }
 
     #[test]
     fn keras_h5_round_trip() {

@@ -133,3 +133,23 @@ impl Application {
         }
     }
 }
+
+/// What the architectures' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::model::Sequential;
+
+    /// Batch normalization starts as the identity (γ=1, β=0, μ=0, σ²=1), which
+    /// would hide swapped weights in a round trip: give every statistic its own value.
+    pub(crate) fn randomize_batch_norm(model: &mut Sequential) {
+        let mut tensors = model.get_weights();
+        for (name, t) in tensors.iter_mut() {
+            if name.ends_with("/gamma") || name.ends_with("/moving_variance") {
+                *t = t.rand_like() + 0.5;
+            } else if name.ends_with("/beta") || name.ends_with("/moving_mean") {
+                *t = (t.rand_like() - 0.5) * 0.2;
+            }
+        }
+        model.set_weights(&tensors, "test").unwrap();
+    }
+}

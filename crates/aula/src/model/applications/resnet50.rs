@@ -98,6 +98,7 @@ fn batch_norm(name: &str) -> LayerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::applications::test_support::randomize_batch_norm;
     use tch::{Kind, Tensor};
 
     #[test]
@@ -138,19 +139,6 @@ mod tests {
         assert_eq!(model.forward_t(&x, false).size(), [2, 2048, 2, 2]);
     }
 
-    /// Batch normalization starts as the identity (γ=1, β=0, μ=0, σ²=1), which
-    /// would hide swapped weights: give every statistic its own value.
-    fn randomize_batch_norm(model: &mut Sequential) {
-        let mut tensors = model.get_weights();
-        for (name, t) in tensors.iter_mut() {
-            if name.ends_with("/gamma") || name.ends_with("/moving_variance") {
-                *t = t.rand_like() + 0.5;
-            } else if name.ends_with("/beta") || name.ends_with("/moving_mean") {
-                *t = (t.rand_like() - 0.5) * 0.2;
-            }
-        }
-        model.set_weights(&tensors, "test").unwrap();
-    }
 
     #[test]
     fn keras_h5_round_trip() {

@@ -206,6 +206,7 @@ fn load(model: &mut Sequential, weights: Weights, include_top: bool) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::applications::test_support::randomize_batch_norm;
     use tch::{Kind, Tensor};
 
     #[test]
@@ -247,19 +248,6 @@ mod tests {
         assert!(Xception("none", false, (70, 71, 3)).is_err());
     }
 
-    /// Batch normalization starts as the identity (γ=1, β=0, μ=0, σ²=1), which
-    /// would hide swapped weights: give every statistic its own value.
-    fn randomize_batch_norm(model: &mut Sequential) {
-        let mut tensors = model.get_weights();
-        for (name, t) in tensors.iter_mut() {
-            if name.ends_with("/gamma") || name.ends_with("/moving_variance") {
-                *t = t.rand_like() + 0.5;
-            } else if name.ends_with("/beta") || name.ends_with("/moving_mean") {
-                *t = (t.rand_like() - 0.5) * 0.2;
-            }
-        }
-        model.set_weights(&tensors, "test").unwrap();
-    }
 
     fn assert_same_weights(a: &NamedTensors, b: &NamedTensors) {
         assert_eq!(a.len(), b.len());
