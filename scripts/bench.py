@@ -401,7 +401,7 @@ def print_table(r: dict) -> None:
         print(f"aula VGG16 conv base: {r['vgg16_extract_gflops']:.0f} GFLOP/s = "
               f"{100 * r['vgg16_extract_peak_fraction']:.0f}% of the {r['matmul_peak_dtype']} matrix-product peak")
     speeds = sorted(((k[: -len("_extract_img_s")], v) for k, v in r.items()
-                     if k.endswith("_extract_img_s") and not k.startswith(("pytorch", "vgg16_extract_nchw"))),
+                     if k.endswith("_extract_img_s") and not k.startswith("pytorch")),
                     key=lambda kv: -kv[1])
     print("aula conv bases, 150x150, batch 32 (random weights): "
           + ", ".join(f"{name} {fmt(v)} img/s" for name, v in speeds))
