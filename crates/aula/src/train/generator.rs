@@ -110,14 +110,26 @@ impl Sequential {
             println!("Epoch {}/{epochs}", epoch + 1);
             let mut bar = crate::progress::Progress::new(steps_per_epoch as u64, &format!("epoch {}/{epochs}", epoch + 1), "steps");
             let (mut loss_sum, mut acc_sum, mut seen) = (0.0, 0.0, 0.0);
-            for _ in 0..steps_per_epoch {
-                let (x, y) = generator.next_batch()?;
-                let n = x.size()[0] as f64;
-                let (loss, acc) = self.train_step(&x, &y)?;
+            let mut batch = generator.next_batch()?;
+            for step in 0..steps_per_epoch {
+                // The next batch is decoded and augmented on another thread while
+                // this one trains (the same images and transforms as without).
+                let next_indices = (step + 1 < steps_per_epoch).then(|| generator.next_indices());
+                let loader: &DirectoryIterator = generator;
+                let (trained, next) = std::thread::scope(|s| {
+                    let next = next_indices.map(|indices| s.spawn(move || loader.load_batch(&indices)));
+                    let trained = self.train_step(&batch.0, &batch.1);
+                    (trained, next.map(|h| h.join().expect("the batch loader panicked")))
+                });
+                let (loss, acc) = trained?;
+                let n = batch.0.size()[0] as f64;
                 loss_sum += loss * n;
                 acc_sum += acc * n;
                 seen += n;
                 bar.inc(1);
+                if let Some(next) = next {
+                    batch = next?;
+                }
             }
             bar.finish();
             let (loss, acc) = (loss_sum / seen, acc_sum / seen);

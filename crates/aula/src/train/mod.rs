@@ -1,14 +1,12 @@
 //! `model.compile(...)`, `model.fit(...)`, `model.evaluate(...)` and the `History`
 //! they leave, with binary crossentropy, accuracy and Keras's RMSprop.
-//!
-//! RMSprop is written here (a few tensor lines) rather than taken from libtorch
-//! because Keras's version differs from PyTorch's (rho 0.9, epsilon added after
-//! the square root) and because its state must be saved in checkpoints.
 
 mod checkpoint;
 mod generator;
+mod rmsprop;
 
 pub use checkpoint::Checkpoint;
+pub use rmsprop::RMSprop;
 
 use crate::model::Sequential;
 use anyhow::{bail, Context, Result};
@@ -17,20 +15,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-/// Keras's `optimizers.RMSprop(lr=...)`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RMSprop {
-    pub lr: f64,
-    pub rho: f64,
-    pub epsilon: f64,
-}
-
-impl RMSprop {
-    pub fn new(lr: f64) -> RMSprop {
-        RMSprop { lr, rho: 0.9, epsilon: 1e-7 }
-    }
-}
 
 /// Keras's `History.history`: one value per epoch.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -154,27 +138,22 @@ impl Sequential {
             let mut t = t;
             let _ = t.requires_grad_(train);
             if train {
-                t.zero_grad();
                 params.push((name, t));
             }
         }
         let p = self.forward_t(x, true).view([-1]);
         let y = y.to_device(p.device()).to_kind(Kind::Float).view([-1]);
         let loss = binary_crossentropy(&p, &y);
-        loss.backward();
+        // Fresh gradients, not accumulated into each weight's `.grad`: no zeroing
+        // and no accumulation pass over the large Dense kernels.
+        let inputs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
+        let grads = Tensor::run_backward(&[&loss], &inputs, false, false);
         let compiled = self.compiled.as_mut().expect("compiled above");
-        let RMSprop { lr, rho, epsilon } = compiled.optimizer;
+        let optimizer = compiled.optimizer;
         tch::no_grad(|| {
-            for (name, mut w) in params {
-                let g = w.grad();
-                let ms = compiled.mean_square.entry(name).or_insert_with(|| g.zeros_like());
-                // In place, three temporaries instead of seven: the update is memory-bound
-                // (a Dense(256) on 8,192 features has 2 M weights), and each fresh 8 MB
-                // temporary costs page faults.
-                let _ = ms.g_mul_scalar_(rho).addcmul_(&(&g * (1.0 - rho)), &g);
-                let mut denominator = ms.sqrt();
-                let _ = denominator.g_add_scalar_(epsilon);
-                let _ = w.addcdiv_(&(&g * -lr), &denominator);
+            for ((name, mut w), g) in params.into_iter().zip(grads) {
+                let mean_square = compiled.mean_square.entry(name).or_insert_with(|| g.zeros_like());
+                optimizer.update(&mut w, &g, mean_square);
             }
         });
         Ok((loss.double_value(&[]), binary_accuracy(&p, &y)))
