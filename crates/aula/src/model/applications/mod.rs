@@ -137,7 +137,10 @@ impl Application {
 /// What the architectures' tests share.
 #[cfg(test)]
 pub(crate) mod test_support {
+    use super::Constructor;
     use crate::model::Sequential;
+    use crate::weights::NamedTensors;
+    use tch::{Kind, Tensor};
 
     /// Batch normalization starts as the identity (γ=1, β=0, μ=0, σ²=1), which
     /// would hide swapped weights in a round trip: give every statistic its own value.
@@ -151,5 +154,36 @@ pub(crate) mod test_support {
             }
         }
         model.set_weights(&tensors, "test").unwrap();
+    }
+
+    /// Keras h5 round trip of one architecture at `shape`: save, load, the same
+    /// tensors and the same outputs; then a file without `missing_layer`'s weights
+    /// must be refused with an error naming it. Returns the saved weights, for
+    /// layout checks.
+    pub(crate) fn check_keras_h5_round_trip(build: Constructor, shape: (i64, i64, i64), missing_layer: &str) -> NamedTensors {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = build("none".into(), false, shape).unwrap();
+        randomize_batch_norm(&mut model);
+        let path = dir.path().join("model.h5");
+        model.save_weights(&path).unwrap();
+
+        let loaded = build(path.to_str().unwrap().into(), false, shape).unwrap();
+        let (a, b) = (model.get_weights(), loaded.get_weights());
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, t) in &a {
+            assert!(t.equal(&b[name]), "{name} differs after the round trip");
+        }
+        let x = Tensor::rand([2, 3, shape.0, shape.1], (Kind::Float, model.device()));
+        assert!(model.forward_t(&x, false).allclose(&loaded.forward_t(&x, false), 1e-5, 1e-6, false));
+
+        let prefix = format!("{missing_layer}/");
+        let partial: NamedTensors =
+            a.iter().filter(|(k, _)| !k.starts_with(&prefix)).map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+        assert!(partial.len() < a.len(), "the model has no layer {missing_layer}");
+        let broken = dir.path().join("broken.h5");
+        crate::weights::write_keras_h5(&partial, &broken).unwrap();
+        let e = build(broken.to_str().unwrap().into(), false, shape).unwrap_err().to_string();
+        assert!(e.contains(missing_layer), "{e}");
+        a
     }
 }

@@ -206,8 +206,7 @@ fn load(model: &mut Sequential, weights: Weights, include_top: bool) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::applications::test_support::randomize_batch_norm;
-    use tch::{Kind, Tensor};
+    use crate::model::applications::test_support::{check_keras_h5_round_trip, randomize_batch_norm};
 
     #[test]
     fn parameters_shapes_and_names_match_keras() {
@@ -258,29 +257,8 @@ mod tests {
 
     #[test]
     fn keras_h5_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let shape = (71, 71, 3);
-        let mut model = Xception("none", false, shape).unwrap();
-        randomize_batch_norm(&mut model);
-        let path = dir.path().join("xception.h5");
-        model.save_weights(&path).unwrap();
-
-        let loaded = Xception(path.to_str().unwrap(), false, shape).unwrap();
-        let a = model.get_weights();
-        assert_same_weights(&a, &loaded.get_weights());
+        let a = check_keras_h5_round_trip(|w, t, s| Xception(w, t, s), (71, 71, 3), "block7_sepconv2_bn");
         assert_eq!(a["block1_conv1/kernel"].size(), [3, 3, 3, 32], "Keras's HWIO layout");
-        let x = Tensor::rand([1, 3, 71, 71], (Kind::Float, model.device()));
-        let (y, z) = (model.forward_t(&x, false), loaded.forward_t(&x, false));
-        assert_eq!(y.size(), [1, 2048, 3, 3]);
-        assert!(y.allclose(&z, 1e-5, 1e-6, false));
-
-        // A file without one layer's weights names that layer.
-        let mut partial = a;
-        partial.retain(|k, _| !k.starts_with("block7_sepconv2_bn/"));
-        let broken = dir.path().join("broken.h5");
-        crate::weights::write_keras_h5(&partial, &broken).unwrap();
-        let e = Xception(broken.to_str().unwrap(), false, shape).unwrap_err().to_string();
-        assert!(e.contains("block7_sepconv2_bn"), "{e}");
     }
 
     /// Keras's files' names, as published by those who read them with h5py
