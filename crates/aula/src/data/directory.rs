@@ -18,7 +18,8 @@ use tch::{Kind, Tensor};
 
 use super::image_io::IMAGE_EXTENSIONS;
 use super::augment::Augmentation;
-use super::image_io::{decode_all, has_image_extension, images_to_tensor, Preprocessing};
+use super::decoded::{DecodedImages, DEFAULT_BUDGET_BYTES};
+use super::image_io::{has_image_extension, images_to_tensor, Preprocessing};
 
 /// What the labels of a batch look like (Keras's `class_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,8 +108,7 @@ impl ImageDataGenerator {
     pub fn augmented_versions(&self, path: impl AsRef<Path>, target_size: (u32, u32), count: usize, seed: u64) -> Result<Tensor> {
         let path = path.as_ref();
         let image = super::image_io::load_image(path, target_size)?;
-        let x = images_to_tensor(&vec![image; count], &Preprocessing::Rescale(1.0));
-        Ok(self.augmentation.apply(&x, seed) / 255.0)
+        Ok(self.augmentation.apply(&vec![image; count], seed, &Preprocessing::Rescale(1.0 / 255.0)))
     }
 
     /// `flow_from_directory(directory, target_size=(h, w), batch_size=..., class_mode=...)`.
@@ -155,6 +155,8 @@ pub struct DirectoryIterator {
     order: Vec<usize>,
     /// How many samples of this epoch have been served.
     position: usize,
+    /// Images decoded in earlier batches, served again without decoding.
+    decoded: DecodedImages,
 }
 
 impl DirectoryIterator {
@@ -235,7 +237,9 @@ impl DirectoryIterator {
             epoch: 0,
             order: Vec::new(),
             position: 0,
+            decoded: DecodedImages::new(0, DEFAULT_BUDGET_BYTES),
         };
+        it.decoded = DecodedImages::new(it.filepaths.len(), DEFAULT_BUDGET_BYTES);
         it.start_epoch(0);
         Ok(it)
     }
@@ -262,6 +266,14 @@ impl DirectoryIterator {
     }
 
     /// `Some(seed)` when shuffling, `None` when batches come in file order.
+    /// Memory for the decoded images this iterator keeps between epochs
+    /// (512 MiB by default; 0 decodes every image every time, as Keras does).
+    /// The batches are the same either way; see [`super::decoded`].
+    pub fn decoded_budget(mut self, bytes: usize) -> Self {
+        self.decoded.clear(bytes);
+        self
+    }
+
     pub fn shuffle_seed(&self) -> Option<u64> {
         self.shuffle.then_some(self.seed)
     }
@@ -375,19 +387,15 @@ impl DirectoryIterator {
     }
 
     /// Loads the images with these indices (into `filenames`), decoding them
-    /// in parallel, with their labels.
+    /// in parallel unless kept from an earlier epoch, with their labels.
     pub fn load_batch(&self, indices: &[usize]) -> Result<(Tensor, Tensor)> {
-        let paths: Vec<PathBuf> = indices.iter().map(|&i| self.filepaths[i].clone()).collect();
-        let images = decode_all(&paths, self.target_size)?;
+        let images = self.decoded.load(indices, &self.filepaths, self.target_size)?;
         let augmentation = &self.generator.augmentation;
         let x = if augmentation.is_identity() {
             // Preprocessing folded into the u8 → f32 copy.
             images_to_tensor(&images, &self.generator.preprocessing)
         } else {
-            // As Keras: transform the 0..255 pixels, then rescale (so 'constant'
-            // fills black whatever the preprocessing).
-            let raw = images_to_tensor(&images, &Preprocessing::Rescale(1.0));
-            self.generator.preprocessing.apply(&augmentation.apply(&raw, self.augment_seed(indices)))
+            augmentation.apply(&images, self.augment_seed(indices), &self.generator.preprocessing)
         };
         let classes: Vec<i64> = indices.iter().map(|&i| self.classes[i]).collect();
         let y = labels_tensor(&classes, self.class_mode, self.class_indices.len());

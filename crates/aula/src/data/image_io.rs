@@ -64,7 +64,7 @@ impl Preprocessing {
 
     /// The preprocessing as `out[c] = in[source[c]] * scale + offset[c]` on
     /// 0..=255 RGB values, so that it can be folded into the u8 -> f32 copy.
-    fn per_channel(&self) -> ([usize; 3], f32, [f32; 3]) {
+    pub(crate) fn per_channel(&self) -> ([usize; 3], f32, [f32; 3]) {
         match *self {
             Preprocessing::Rescale(factor) => ([0, 1, 2], factor, [0.0; 3]),
             Preprocessing::Caffe => {
@@ -130,6 +130,34 @@ pub fn decode_all(paths: &[PathBuf], target_size: (u32, u32)) -> Result<Vec<RgbI
 /// When the images do not all have the same size (the iterators always resize
 /// to `target_size`, so this is a programming error, not a data error).
 pub fn images_to_tensor(imgs: &[RgbImage], pre: &Preprocessing) -> Tensor {
+    let (source, scale, offset) = pre.per_channel();
+    // All 256 possible values of each output channel, preprocessed: the copy
+    // below is then a table lookup, cheap even in this crate's opt-level-1
+    // dev builds (2.5x faster there than computing each value).
+    let luts: [[f32; 256]; 3] =
+        std::array::from_fn(|c| std::array::from_fn(|v| v as f32 * scale + offset[c]));
+    write_nchw(imgs, "images_to_tensor", |_, img, planes| {
+        // One pass over the interleaved RGB pixels fills the three planes.
+        let [p0, p1, p2] = planes;
+        for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+            p0[i] = luts[0][px[source[0]] as usize];
+            p1[i] = luts[1][px[source[1]] as usize];
+            p2[i] = luts[2][px[source[2]] as usize];
+        }
+    })
+}
+
+/// A fresh (N, 3, H, W) f32 CPU tensor with one image per `imgs`, whose three
+/// channel planes `fill(index, image, planes)` writes entirely, in parallel over images (rayon).
+/// Shared by [`images_to_tensor`] and the augmentation.
+///
+/// # Panics
+/// When the images do not all have the same size.
+pub(crate) fn write_nchw(
+    imgs: &[RgbImage],
+    caller: &str,
+    fill: impl Fn(usize, &RgbImage, [&mut [f32]; 3]) + Sync,
+) -> Tensor {
     let Some(first) = imgs.first() else {
         return Tensor::zeros([0, 3, 0, 0], (Kind::Float, tch::Device::Cpu));
     };
@@ -138,43 +166,25 @@ pub fn images_to_tensor(imgs: &[RgbImage], pre: &Preprocessing) -> Tensor {
         assert_eq!(
             img.dimensions(),
             (w, h),
-            "images_to_tensor: image {i} is {:?}, image 0 is {:?}; resize them to one size first",
+            "{caller}: image {i} is {:?}, image 0 is {:?}; resize them to one size first",
             img.dimensions(),
             (w, h)
         );
     }
     let plane = (w * h) as usize;
-    let (source, scale, offset) = pre.per_channel();
-    // All 256 possible values of each output channel, preprocessed: the copy
-    // below is then a table lookup, cheap even in this crate's opt-level-1
-    // dev builds (2.5x faster there than computing each value).
-    let luts: [[f32; 256]; 3] =
-        std::array::from_fn(|c| std::array::from_fn(|v| v as f32 * scale + offset[c]));
-
-    let x = Tensor::empty(
-        [imgs.len() as i64, 3, h as i64, w as i64],
-        (Kind::Float, tch::Device::Cpu),
-    );
+    let x = Tensor::empty([imgs.len() as i64, 3, h as i64, w as i64], (Kind::Float, tch::Device::Cpu));
     assert!(x.is_contiguous());
     // SAFETY: `x` is a fresh, contiguous f32 CPU tensor of exactly this many
     // elements, owned here and not shared with anything else until returned;
     // the slice does not outlive this function. `empty` leaves the memory
-    // uninitialised, and every element is written below (the chunks cover
-    // the whole slice, and each chunk's three planes are filled entirely).
-    let out: &mut [f32] =
-        unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, imgs.len() * 3 * plane) };
-    out.par_chunks_mut(3 * plane)
-        .zip(imgs.par_iter())
-        .for_each(|(out, img)| {
-            // One pass over the interleaved RGB pixels fills the three planes.
-            let (p0, rest) = out.split_at_mut(plane);
-            let (p1, p2) = rest.split_at_mut(plane);
-            for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
-                p0[i] = luts[0][px[source[0]] as usize];
-                p1[i] = luts[1][px[source[1]] as usize];
-                p2[i] = luts[2][px[source[2]] as usize];
-            }
-        });
+    // uninitialised; `fill` must write each of the three planes entirely
+    // (both callers write every element of every plane).
+    let out: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, imgs.len() * 3 * plane) };
+    out.par_chunks_mut(3 * plane).zip(imgs.par_iter()).enumerate().for_each(|(index, (out, img))| {
+        let (p0, rest) = out.split_at_mut(plane);
+        let (p1, p2) = rest.split_at_mut(plane);
+        fill(index, img, [p0, p1, p2]);
+    });
     x
 }
 

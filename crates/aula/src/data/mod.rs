@@ -12,11 +12,13 @@
 //! ```
 //!
 //! - [`augment`]: Keras's random rotations, shifts, shear, zoom and flips;
+//! - [`decoded`]: decoded images kept in memory between epochs;
 //! - [`directory`]: `ImageDataGenerator`, `flow_from_directory`, the iterator;
 //! - [`image_io`]: decoding, RGB conversion, Keras's nearest resize, tensors;
 //! - [`split`]: Chollet's train/validation/test split and where the data is.
 
 pub mod augment;
+pub mod decoded;
 pub mod directory;
 pub mod image_io;
 pub mod split;
