@@ -293,6 +293,38 @@ fn shuffling_is_seeded_and_changes_each_epoch() {
 }
 
 #[test]
+fn decoded_images_kept_between_epochs_give_the_same_batches() {
+    // Noisy pictures, so that the augmentation's interpolation shows in every value.
+    let tmp = TempDir::new().unwrap();
+    for (class, n) in [("cats", 3), ("dogs", 3)] {
+        for i in 0..n {
+            let img = RgbImage::from_fn(12, 9, |x, y| Rgb([(x * 20 + i) as u8, (y * 25) as u8, (x * y + 7 * i) as u8]));
+            save(&img, &tmp.path().join(class).join(format!("{class}.{i}.png")));
+        }
+    }
+    let datagen = ImageDataGenerator::rescale(1.0 / 255.0).rotation_range(40.0).zoom_range(0.2).horizontal_flip(true);
+    let mut kept = datagen.flow_from_directory(tmp.path(), (9, 12), 4, ClassMode::Binary).unwrap();
+    let mut decoded_each_time =
+        datagen.flow_from_directory(tmp.path(), (9, 12), 4, ClassMode::Binary).unwrap().decoded_budget(0);
+    let epoch = |it: &mut DirectoryIterator| -> Vec<Tensor> { it.epoch_batches().map(|b| b.unwrap().0).collect() };
+    let first = epoch(&mut kept);
+    let (first_decoded, second_decoded) = (epoch(&mut decoded_each_time), epoch(&mut decoded_each_time));
+    // The files go away: the second epoch comes from memory, and equals what decoding gave.
+    for class in ["cats", "dogs"] {
+        fs::remove_dir_all(tmp.path().join(class)).unwrap();
+        fs::create_dir_all(tmp.path().join(class)).unwrap();
+    }
+    let second = epoch(&mut kept);
+    assert_eq!(first.len(), 2);
+    for (a, b) in first.iter().chain(&second).zip(first_decoded.iter().chain(&second_decoded)) {
+        assert!(a.equal(b), "the same batch with and without kept images");
+    }
+    assert!(!first[0].equal(&second[0]), "a new epoch draws new transforms");
+    let err = format!("{:#}", decoded_each_time.epoch_batches().next().unwrap().unwrap_err());
+    assert!(err.contains("cats.") || err.contains("dogs."), "{err}");
+}
+
+#[test]
 fn epoch_batches_starts_a_fresh_epoch_when_one_is_under_way() {
     let tmp = fixture(3, 2);
     let mut it = raw()

@@ -215,7 +215,8 @@ impl DirectoryIterator {
         }
         println!("{}", found_message(filenames.len(), class_names.len()));
 
-        let filepaths = filenames.iter().map(|f| directory.join(f)).collect();
+        let filepaths: Vec<PathBuf> = filenames.iter().map(|f| directory.join(f)).collect();
+        let decoded = DecodedImages::new(filepaths.len(), DEFAULT_BUDGET_BYTES);
         let class_indices = class_names
             .into_iter()
             .enumerate()
@@ -237,9 +238,8 @@ impl DirectoryIterator {
             epoch: 0,
             order: Vec::new(),
             position: 0,
-            decoded: DecodedImages::new(0, DEFAULT_BUDGET_BYTES),
+            decoded,
         };
-        it.decoded = DecodedImages::new(it.filepaths.len(), DEFAULT_BUDGET_BYTES);
         it.start_epoch(0);
         Ok(it)
     }
