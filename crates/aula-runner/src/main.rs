@@ -93,6 +93,14 @@ fn main() -> ExitCode {
         Ok(_) => return usage("--startup-timeout must be > 0"),
         Err(e) => return usage(&e),
     };
+    // The notebooks write their metrics to $AULA_OUT (aula::metrics): unless the caller
+    // chose a place, that is this run's --out, not an out/ folder beside each notebook.
+    if std::env::var_os("AULA_OUT").is_none() {
+        match std::path::absolute(&args.out) {
+            Ok(out) => std::env::set_var("AULA_OUT", out),
+            Err(e) => return usage(&format!("--out {}: {e}", args.out.display())),
+        }
+    }
     let opts = Options {
         mode,
         out_dir: args.out,

@@ -71,6 +71,24 @@ fn clase_runs_cells_keeps_tagged_outputs_and_never_touches_the_source() {
 }
 
 #[test]
+fn the_kernel_gets_aula_out_the_run_s_out_folder_unless_set() {
+    let f = Fixture::new();
+    f.notebook(
+        "metrics.ipynb",
+        &notebook(vec![code("import os\nprint(os.environ.get('AULA_OUT'))")]),
+    );
+    let printed = |r: &Run| {
+        assert_eq!(r.code, Some(0), "{r}");
+        let out = read_json(&f.out().join("metrics.ipynb"));
+        text(&out["cells"][0]["outputs"][0]["text"])
+    };
+    let r = f.run(&["clase", "metrics.ipynb", "--no-html"]);
+    assert_eq!(printed(&r), format!("{}\n", f.out().display()));
+    let r = f.run_env(&["clase", "metrics.ipynb", "--no-html"], &[("AULA_OUT", "/elsewhere")]);
+    assert_eq!(printed(&r), "/elsewhere\n");
+}
+
+#[test]
 fn check_fails_when_a_tagged_cell_has_no_stored_output() {
     let f = Fixture::new();
     let src = f.notebook(

@@ -108,7 +108,8 @@ impl Fixture {
             .env("JUPYTER_PATH", self.jupyter_path())
             // Keep the user's own kernels and venvs out of the way.
             .env("JUPYTER_DATA_DIR", self.path().join("no-user-data"))
-            .env_remove("AULA_JUPYTER_PREFIX");
+            .env_remove("AULA_JUPYTER_PREFIX")
+            .env_remove("AULA_OUT");
         for (k, v) in env {
             cmd.env(k, v);
         }
