@@ -114,16 +114,16 @@ impl Augmentation {
     /// the same seed gives the same batch (which is what makes a resumed
     /// training identical).
     pub fn apply(&self, images: &[RgbImage], seed: u64, preprocessing: &Preprocessing) -> Tensor {
+        if self.is_identity() {
+            // The pixels exactly, not resampled at (almost) their own centres.
+            return super::image_io::images_to_tensor(images, preprocessing);
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let transforms: Vec<Transform> = images
             .iter()
             .map(|img| {
                 let (w, h) = img.dimensions();
-                if self.is_identity() {
-                    Transform::IDENTITY
-                } else {
-                    self.random_transform(&mut rng, h.into(), w.into())
-                }
+                self.random_transform(&mut rng, h.into(), w.into())
             })
             .collect();
         apply_transforms(images, &transforms, self.fill_mode, preprocessing)
@@ -348,8 +348,10 @@ mod tests {
     fn identity_transform_changes_nothing() {
         let x = ramp(5, 7);
         let y = one(&x, I, FillMode::Nearest);
-        let want = super::super::image_io::images_to_tensor(&[x], &Preprocessing::Rescale(1.0));
+        let want = super::super::image_io::images_to_tensor(&[x.clone()], &Preprocessing::Rescale(1.0));
         assert!(y.allclose(&want, 1e-4, 1e-4, false));
+        // No augmentation asked for: the pixels exactly (the picture's "original").
+        assert!(Augmentation::default().apply(&[x], 3, &Preprocessing::Rescale(1.0)).equal(&want));
     }
 
     #[test]
