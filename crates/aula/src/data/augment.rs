@@ -316,9 +316,7 @@ mod tests {
 
     /// Channel 0 of image 0, row by row.
     fn plane(x: &Tensor) -> Vec<Vec<f32>> {
-        let (h, w) = (x.size()[2], x.size()[3]);
-        let _ = w;
-        (0..h).map(|r| Vec::try_from(x.get(0).get(0).get(r)).unwrap()).collect()
+        (0..x.size()[2]).map(|r| Vec::try_from(x.get(0).get(0).get(r)).unwrap()).collect()
     }
 
     fn one(img: &RgbImage, t: Transform, fill_mode: FillMode) -> Tensor {

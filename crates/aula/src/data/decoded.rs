@@ -64,7 +64,7 @@ impl DecodedImages {
         (self.slots.iter().filter(|s| s.get().is_some()).count(), self.bytes.load(Ordering::Relaxed))
     }
 
-    /// Forgets every image (the budget changed, or the files did).
+    /// Forgets every image and sets a new budget.
     pub(crate) fn clear(&mut self, budget: usize) {
         *self = DecodedImages::new(self.slots.len(), budget);
     }

@@ -265,7 +265,6 @@ impl DirectoryIterator {
         self
     }
 
-    /// `Some(seed)` when shuffling, `None` when batches come in file order.
     /// Memory for the decoded images this iterator keeps between epochs
     /// (512 MiB by default; 0 decodes every image every time, as Keras does).
     /// The batches are the same either way; see [`super::decoded`].
@@ -274,6 +273,7 @@ impl DirectoryIterator {
         self
     }
 
+    /// `Some(seed)` when shuffling, `None` when batches come in file order.
     pub fn shuffle_seed(&self) -> Option<u64> {
         self.shuffle.then_some(self.seed)
     }
