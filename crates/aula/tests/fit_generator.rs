@@ -247,3 +247,57 @@ fn validation_through_the_frozen_layers_cache_matches_the_whole_model() {
     assert!((history.val_loss[1] - loss).abs() < 1e-5, "{} vs {loss}", history.val_loss[1]);
     assert_eq!(history.val_acc[1], acc);
 }
+
+/// What the instructor renders and class mode restores: `rendered::save` after
+/// a checkpointed training, `rendered::restore` into a fresh model.
+#[test]
+fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_command() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    fixture(&data, 4);
+    let dir = tmp.path().join("ckpt");
+    let history = train(&data, &dir, 2);
+    // The only test of this binary that reads AULA_ASSETS.
+    std::env::set_var("AULA_ASSETS", tmp.path().join("assets"));
+
+    // Rendering again finds the training done: nothing is retrained, the
+    // weights come from the checkpoint (what a rerun of `make render` does).
+    aula::train::seed(11);
+    let mut trained = model(true);
+    trained.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
+    let mut gen = augmenting().flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap();
+    let mut val = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap();
+    let again = trained.fit_generator_with_checkpoints(&mut gen, 4, 2, Some(&mut val), 2, &dir).unwrap();
+    assert_eq!(again, history);
+
+    let step_dir = aula::rendered::save("tiny", &history, &trained, &dir, json!({"recipe": "test"})).unwrap();
+    let provenance: aula::serde_json::Value = aula::serde_json::from_slice(&std::fs::read(step_dir.join("provenance.json")).unwrap()).unwrap();
+    assert_eq!((provenance["epochs"].as_u64(), provenance["seed"].as_u64()), (Some(2), Some(11)), "{provenance}");
+    assert_eq!(provenance["recipe"], "test");
+    assert_eq!(provenance["epoch_s"].as_array().map(Vec::len), Some(2), "{provenance}");
+
+    // A fresh, untrained model restored: the trained model's predictions, up
+    // to the f16 the weights are stored in. Only the trainable part is saved,
+    // so the frozen base must be the same: seeded here, ImageNet's in the lesson.
+    aula::train::seed(11);
+    let mut fresh = model(true);
+    let (x, _) = val.load_batch(&[0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    let before = fresh.predict(&x, 8);
+    let rendered = aula::rendered::restore("tiny", &mut fresh).unwrap();
+    assert_eq!(rendered.history, history);
+    let (want, got) = (trained.predict(&x, 8), fresh.predict(&x, 8));
+    let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    assert!(diff(&want, &got) < 1e-2, "restored predictions differ by {}", diff(&want, &got));
+    assert!(diff(&want, &before) > 1e-2, "the test cannot tell a restored head from a random one");
+
+    // A history that is not the checkpoint's is refused.
+    let mut other = history.clone();
+    other.val_acc[0] += 0.5;
+    let err = aula::rendered::save("tiny", &other, &trained, &dir, json!({})).unwrap_err().to_string();
+    assert!(err.contains("not the one of the checkpoint"), "{err}");
+
+    // Class mode without the rendered files: the file and the command that makes it.
+    let err = aula::rendered::restore("fine_tuning", &mut fresh).err().unwrap().to_string();
+    let missing = tmp.path().join("assets/rendered/fine_tuning/history.json");
+    assert!(err.contains(&missing.display().to_string()) && err.contains("make render"), "{err}");
+}
