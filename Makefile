@@ -17,7 +17,7 @@ EFFNET_WEIGHTS := $(AULA_CACHE)/weights/efficientnet_lite0_imagenet.safetensors
 MOBILENET_V2_WEIGHTS := $(AULA_CACHE)/weights/mobilenet_v2_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
-.PHONY: run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel clean help
+.PHONY: run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
 
 help:
 	@echo "make run     set everything up, then run the notebooks in class mode into out/"
@@ -28,6 +28,8 @@ help:
 	@echo "             resumable) and store their outputs and assets/rendered/"
 	@echo "make bench   aula vs PyTorch eager and PIL, same script (out/bench.json)"
 	@echo "make bench-kernel  kernel start-up and first-cell times (out/bench-kernel.json)"
+	@echo "make gpu-check     on a CUDA machine with torch 2.11.0 in Python: notebooks 02-03's"
+	@echo "             trainings built against that torch (out/gpu-check/metrics.json)"
 
 # The notebooks write their metrics to $$AULA_OUT/metrics.json.
 run: setup kernel
@@ -100,6 +102,10 @@ bench: setup $(BENCH_PY)
 # Kernel start-up and first cells through the Jupyter protocol, medians of fresh kernels.
 bench-kernel: kernel
 	$(JUPYTER_VENV)/bin/python scripts/bench-kernel.py --concurrent 0 --out $(OUT)/bench-kernel.json
+
+# Built against the Python's torch, not .libtorch: needs only the data and system-deps.
+gpu-check: system-deps
+	bash scripts/gpu-check.sh $(OUT)/gpu-check
 
 clean:
 	$(CARGO) clean

@@ -1,6 +1,7 @@
 //! `aula`: the command line over the aula library (set-up, the lesson, benchmarks).
 
 mod bench;
+mod fine_tune;
 mod lesson;
 
 use anyhow::Result;
@@ -28,6 +29,9 @@ enum Command {
     },
     /// Run the slides' sequence on the real data and write out/metrics.json and curves.
     Lesson(lesson::Args),
+    /// Data augmentation with the frozen base, fine-tuning of block 5, then the
+    /// test set: the trainings of notebooks 02 and 03, without Jupyter.
+    FineTune(fine_tune::Args),
     /// Build Chollet's cats_and_dogs_small split from Kaggle's dogs-vs-cats train/ folder.
     Split {
         /// Kaggle's train/ folder (cat.0.jpg … dog.12499.jpg).
@@ -49,6 +53,7 @@ fn main() -> Result<()> {
             println!("{model} ImageNet weights ready: {}", path.display());
         }
         Command::Lesson(args) => lesson::run(args)?,
+        Command::FineTune(args) => fine_tune::run(args)?,
         Command::Split { from, to } => aula::data::make_split(&from, &to)?,
         Command::Bench(args) => bench::run(args)?,
     }
