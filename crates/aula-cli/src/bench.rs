@@ -104,22 +104,8 @@ pub fn run(args: Args) -> Result<()> {
 fn da_step_seconds(data: &std::path::Path, backbone: &str, steps: usize) -> Result<f64> {
     aula::train::seed(0);
     let base = aula::model::applications::by_name(backbone)?(Weights::None, false, (150, 150, 3))?;
-    let base_name = base.name.clone();
-    let mut model = Sequential::new("sequential");
-    model.add(base)?;
-    model.add(Flatten())?;
-    model.add(Dense(256).activation("relu"))?;
-    model.add(Dense(1).activation("sigmoid"))?;
-    model.get_layer(&base_name)?.trainable = false;
-    model.compile(RMSprop::new(2e-5), "binary_crossentropy", &["acc"])?;
-    let datagen = ImageDataGenerator::rescale(1.0 / 255.0)
-        .rotation_range(40.0)
-        .width_shift_range(0.2)
-        .height_shift_range(0.2)
-        .shear_range(0.2)
-        .zoom_range(0.2)
-        .horizontal_flip(true)
-        .fill_mode("nearest")?;
+    let mut model = crate::fine_tune::with_frozen_classifier(base)?;
+    let datagen = crate::fine_tune::slides_augmentation(Preprocessing::Rescale(1.0 / 255.0))?;
     let mut train = datagen.flow_from_directory(data.join("train"), (150, 150), 20, ClassMode::Binary)?;
     // The steady state of a 30-epoch training: every image was decoded in the
     // first epoch and is kept in memory (aula::data::decoded).

@@ -53,28 +53,12 @@ pub fn run(args: Args) -> Result<()> {
     seed(args.seed);
     println!("{}", device_info());
 
-    // Slide "Extracción con Data Augmentation": conv_base + Flatten + Dense(256) + Dense(1).
-    let mut model = Sequential::new("sequential");
-    model.add(VGG16(args.weights.as_str(), false, (150, 150, 3))?)?;
-    model.add(Flatten())?;
-    model.add(Dense(256).activation("relu"))?;
-    model.add(Dense(1).activation("sigmoid"))?;
+    let mut model = with_frozen_classifier(VGG16(args.weights.as_str(), false, (150, 150, 3))?)?;
     let preprocessing = if args.caffe { Preprocessing::Caffe } else { Preprocessing::Rescale(1.0 / 255.0) };
-    let train_datagen = ImageDataGenerator::preprocess_input(preprocessing.clone())
-        .rotation_range(40.0)
-        .width_shift_range(0.2)
-        .height_shift_range(0.2)
-        .shear_range(0.2)
-        .zoom_range(0.2)
-        .horizontal_flip(true)
-        .fill_mode("nearest")?;
+    let train_datagen = slides_augmentation(preprocessing.clone())?;
     let test_datagen = ImageDataGenerator::preprocess_input(preprocessing);
     let mut train = train_datagen.flow_from_directory(data.join("train"), (150, 150), 20, ClassMode::Binary)?;
     let mut validation = test_datagen.flow_from_directory(data.join("validation"), (150, 150), 20, ClassMode::Binary)?;
-
-    // Slide "Compilación": the base frozen, 30 → 4 trainable weight tensors.
-    model.get_layer("vgg16")?.trainable = false;
-    model.compile(RMSprop::new(2e-5), "binary_crossentropy", &["acc"])?;
     let head = fit(&args, &mut model, &mut train, &mut validation, args.head_epochs, &checkpoints.join(format!("data_augmentation{suffix}")))?;
 
     // Slide "Cambios al código para fine tuning": from block5_conv1 on, trainable.
@@ -104,6 +88,35 @@ pub fn run(args: Args) -> Result<()> {
     aula::metrics::record(&metrics, &format!("fine_tuning{suffix}"), fine)?;
     println!("wrote {}", metrics.display());
     Ok(())
+}
+
+/// Slide "Extracción con Data Augmentation": conv_base + Flatten + Dense(256,
+/// relu) + Dense(1, sigmoid), compiled with the base frozen (slide "Compilación":
+/// 30 → 4 trainable weight tensors for VGG16) and RMSprop(2e-5).
+pub fn with_frozen_classifier(conv_base: Sequential) -> Result<Sequential> {
+    let base_name = conv_base.name.clone();
+    let mut model = Sequential::new("sequential");
+    model.add(conv_base)?;
+    model.add(Flatten())?;
+    model.add(Dense(256).activation("relu"))?;
+    model.add(Dense(1).activation("sigmoid"))?;
+    model.get_layer(&base_name)?.trainable = false;
+    model.compile(RMSprop::new(2e-5), "binary_crossentropy", &["acc"])?;
+    Ok(model)
+}
+
+/// The slides' `ImageDataGenerator(rotation_range=40, width_shift_range=0.2,
+/// height_shift_range=0.2, shear_range=0.2, zoom_range=0.2, horizontal_flip=True,
+/// fill_mode='nearest')`, with `preprocessing` instead of `rescale=1./255` if asked.
+pub fn slides_augmentation(preprocessing: Preprocessing) -> Result<ImageDataGenerator> {
+    ImageDataGenerator::preprocess_input(preprocessing)
+        .rotation_range(40.0)
+        .width_shift_range(0.2)
+        .height_shift_range(0.2)
+        .shear_range(0.2)
+        .zoom_range(0.2)
+        .horizontal_flip(true)
+        .fill_mode("nearest")
 }
 
 /// One checkpointed training; its metrics section (curves written beside it).
