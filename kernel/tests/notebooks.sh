@@ -54,15 +54,19 @@ for nb in "$repo"/notebooks/*.ipynb; do
   AULA_OUT=$out/nbconvert "$venv/bin/jupyter" nbconvert --to notebook --execute "$nb" \
     --output-dir "$out/nbconvert" --ExecutePreprocessor.kernel_name=aula \
     --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.startup_timeout=900 --log-level=WARN
-  "$venv/bin/python" - "$out/nbconvert/$(basename "$nb")" <<'EOF'
+  "$venv/bin/python" - "$out/nbconvert/$(basename "$nb")" "$nb" <<'EOF'
 import json, sys
 nb = json.load(open(sys.argv[1]))
 code = [c for c in nb["cells"] if c["cell_type"] == "code"]
 errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
 assert not errors, errors
-skipped = [c for c in code if "skip-execution" in c.get("metadata", {}).get("tags", [])]
-ran = [c for c in code if c.get("execution_count")]
+skip = lambda c: "skip-execution" in c.get("metadata", {}).get("tags", [])
+skipped = [c for c in code if skip(c)]
+ran = [c for c in code if not skip(c) and c.get("execution_count")]
 assert len(ran) == len(code) - len(skipped), (len(ran), len(code), len(skipped))
+# The skipped ("no ejecutar") cells keep the outputs of the recorded run.
+source = [c for c in json.load(open(sys.argv[2]))["cells"] if c["cell_type"] == "code" and skip(c)]
+assert [c["outputs"] for c in skipped] == [c["outputs"] for c in source], "a skipped cell lost its stored outputs"
 print(f"  {sys.argv[1].rsplit('/', 1)[1]}: {len(ran)} cells run, {len(skipped)} skipped, no errors")
 EOF
   echo "  wall $(( $(date +%s) - t0 )) s"
