@@ -70,7 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         layer.trainable = set_trainable;
     }
     model.compile(RMSprop::new(1e-5), "binary_crossentropy", &["acc"])?;
-    let fine = fit(&args, &mut model, &mut train, &mut validation, args.epochs, &checkpoints.join(format!("fine_tuning{suffix}")))?;
+    let mut fine = fit(&args, &mut model, &mut train, &mut validation, args.epochs, &checkpoints.join(format!("fine_tuning{suffix}")))?;
 
     // Slide "Evaluación del modelo".
     let mut test = test_datagen.flow_from_directory(data.join("test"), (150, 150), 20, ClassMode::Binary)?.shuffle(false);
@@ -81,7 +81,6 @@ pub fn run(args: Args) -> Result<()> {
 
     let metrics = args.out.join("metrics.json");
     aula::metrics::record(&metrics, &format!("data_augmentation{suffix}"), head)?;
-    let mut fine = fine;
     fine["test_acc"] = json!(test_acc);
     fine["test_loss"] = json!(test_loss);
     fine["test_s"] = json!(test_s);
