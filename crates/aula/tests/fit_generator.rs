@@ -10,8 +10,18 @@ use aula::train::Checkpoint;
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
+
+/// The tests that seed libtorch's generator and then draw from it (to build
+/// models whose frozen weights a checkpoint must recognise) take turns: it is
+/// one generator for the whole process, and the test harness runs tests on
+/// several threads.
+fn torch_rng() -> MutexGuard<'static, ()> {
+    static RNG: Mutex<()> = Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// `n` red-ish "cats" and `n` blue-ish "dogs", 32×32, each with its own
 /// pattern so that augmented images differ.
@@ -140,6 +150,7 @@ fn sigkill_after_epoch_k_then_resume_gives_the_same_history() {
 
 #[test]
 fn resume_errors_name_the_checkpoint() {
+    let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
     fixture(&data, 4);
@@ -181,6 +192,7 @@ fn resume_errors_name_the_checkpoint() {
 
 #[test]
 fn augmented_batches_are_seeded_and_feature_extraction_refuses_them() {
+    let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     fixture(tmp.path(), 4);
     let plain = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(tmp.path(), (32, 32), 8, ClassMode::Binary).unwrap();
@@ -209,6 +221,7 @@ fn augmented_batches_are_seeded_and_feature_extraction_refuses_them() {
 
 #[test]
 fn trainable_weights_round_trip_in_f16() {
+    let _rng = torch_rng();
     aula::train::seed(5);
     let m = model(true);
     let tmp = TempDir::new().unwrap();
@@ -233,6 +246,7 @@ fn trainable_weights_round_trip_in_f16() {
 
 #[test]
 fn validation_through_the_frozen_layers_cache_matches_the_whole_model() {
+    let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     fixture(tmp.path(), 6);
     aula::train::seed(2);
@@ -252,6 +266,7 @@ fn validation_through_the_frozen_layers_cache_matches_the_whole_model() {
 /// a checkpointed training, `rendered::restore` into a fresh model.
 #[test]
 fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_command() {
+    let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
     fixture(&data, 4);
