@@ -95,6 +95,19 @@ pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Pat
     if let (Value::Object(p), Value::Object(e)) = (&mut provenance, extra) {
         p.extend(e);
     }
+    // A rerun of `make render` saves finished trainings again: the same record
+    // keeps the date and commit it was first saved with, not the rerun's.
+    let without_stamp = |mut record: Value| {
+        if let Value::Object(fields) = &mut record {
+            fields.remove("date");
+            fields.remove("commit");
+        }
+        record
+    };
+    let saved: Option<Value> = std::fs::read(dir.join("provenance.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if saved.map(without_stamp) == Some(without_stamp(provenance.clone())) {
+        return Ok(dir);
+    }
     crate::paths::write_atomic(&dir.join("provenance.json"), &serde_json::to_vec_pretty(&provenance)?)?;
     Ok(dir)
 }
