@@ -61,6 +61,11 @@ fi
 "$python" -c 'import jupyter_client' 2>/dev/null || {
   echo "kernel: $python has no jupyter_client" >&2; exit 1; }
 
+# evcxr checks every `:dep` with `cargo metadata --offline`, which needs the sources of
+# every package in the lock file, for every platform: more than `cargo build` downloads.
+# On a fresh machine the first kernel failed with "failed to download `arbitrary`".
+cargo fetch --locked --manifest-path "$repo/Cargo.toml" --quiet
+
 mkdir -p "$home/config" "$home/run" "$home/pool/ready"
 exec 7> "$home/install.lock"
 if ! flock -n 7; then
