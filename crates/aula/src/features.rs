@@ -8,9 +8,10 @@
 
 use crate::data::DirectoryIterator;
 use crate::model::Sequential;
+use crate::weights::NamedTensors;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// Feature maps in Keras order (N, H, W, C) and labels (N,), on the CPU.
@@ -34,15 +35,19 @@ impl Features {
 /// SHA-256 over every weight of a model (names, shapes and values).
 pub fn weights_fingerprint(model: &Sequential) -> String {
     let mut hasher = Sha256::new();
-    for (name, t) in model.get_weights() {
+    hash_weights(&mut hasher, &model.get_weights());
+    hex::encode(hasher.finalize())
+}
+
+/// Feeds each weight's name, shape and values (f32, little-endian) to `hasher`.
+pub(crate) fn hash_weights(hasher: &mut Sha256, weights: &NamedTensors) {
+    for (name, t) in weights {
         hasher.update(name.as_bytes());
         hasher.update(format!("{:?}", t.size()).as_bytes());
         let values = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap_or_default();
-        for v in values {
-            hasher.update(v.to_le_bytes());
-        }
+        // One update per tensor, not per value: the same digest, hashed faster.
+        hasher.update(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
     }
-    hex::encode(hasher.finalize())
 }
 
 /// Runs `conv_base` once over every image of `generator` (in file order), with a progress bar; loads the result from the cache when the
@@ -65,12 +70,9 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
         h.update(format!("{preprocessing} {:?} {:?}", generator.target_size(), conv_base.input_shape()));
         hex::encode(h.finalize())
     };
-    let path = crate::paths::cache_dir().join("features").join(format!("{}.safetensors", &key[..32]));
-    if path.exists() && std::env::var_os("AULA_NO_FEATURE_CACHE").is_none() {
-        match load(&path, generator.samples()) {
-            Ok((features, labels)) => return Ok(Features { features, labels, path, cached: true }),
-            Err(e) => eprintln!("warning: ignoring the feature cache: {e:#}"),
-        }
+    let path = cache_path(&key);
+    if let Some((features, labels)) = load_cached(&path, generator.samples()) {
+        return Ok(Features { features, labels, path, cached: true });
     }
 
     let n = generator.samples();
@@ -92,16 +94,36 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
         bail!("no images to extract features from");
     }
     let (features, labels) = (Tensor::cat(&features, 0), Tensor::cat(&labels, 0));
-    let dir = path.parent().expect("cache path has a folder");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = crate::paths::tmp_path(&path);
-    Tensor::write_safetensors(&[("features", &features), ("labels", &labels)], &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)?;
+    store(&path, &features, &labels)?;
     Ok(Features { features, labels, path, cached: false })
 }
 
-fn load(path: &std::path::Path, samples: usize) -> Result<(Tensor, Tensor)> {
+/// Where the features of content key `key` are kept: `<cache>/features/`.
+pub(crate) fn cache_path(key: &str) -> PathBuf {
+    crate::paths::cache_dir().join("features").join(format!("{}.safetensors", &key[..32]))
+}
+
+/// Features and labels from a cache file, when there is one for `samples`
+/// images and `AULA_NO_FEATURE_CACHE` is not set. A damaged file is reported
+/// and ignored: the caller computes them again.
+pub(crate) fn load_cached(path: &Path, samples: usize) -> Option<(Tensor, Tensor)> {
+    if !path.exists() || std::env::var_os("AULA_NO_FEATURE_CACHE").is_some() {
+        return None;
+    }
+    load(path, samples).map_err(|e| eprintln!("warning: ignoring the feature cache: {e:#}")).ok()
+}
+
+/// Writes features and labels to a cache file, atomically.
+pub(crate) fn store(path: &Path, features: &Tensor, labels: &Tensor) -> Result<()> {
+    let dir = path.parent().expect("cache path has a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = crate::paths::tmp_path(path);
+    Tensor::write_safetensors(&[("features", features), ("labels", labels)], &tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn load(path: &Path, samples: usize) -> Result<(Tensor, Tensor)> {
     let mut tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
         .with_context(|| format!("{} is damaged", path.display()))?
         .into_iter()

@@ -1,8 +1,23 @@
-//! Feature extraction ("Alternativa 1") and its on-disk cache.
+//! Feature extraction ("Alternativa 1"), the frozen layers' outputs that
+//! `predict_generator` keeps, and their on-disk cache.
 
 use aula::features::extract_features;
+use aula::model::layers::{Conv2D, MaxPooling2D};
 use aula::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The tests share one AULA_CACHE, set once: it is process-wide, and the test
+/// harness runs tests on several threads. Their keys differ, so they do not meet.
+fn cache_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("AULA_CACHE", dir.path());
+        dir
+    });
+    dir.path()
+}
 
 fn write_images(dir: &Path) {
     for (class, colour) in [("cats", [200u8, 80, 40]), ("dogs", [40, 90, 220])] {
@@ -17,11 +32,10 @@ fn write_images(dir: &Path) {
     }
 }
 
-/// One test: it sets AULA_CACHE for the whole process.
 #[test]
 fn features_are_cached_by_content() {
+    cache_dir();
     let dir = tempfile::tempdir().unwrap();
-    std::env::set_var("AULA_CACHE", dir.path().join("cache"));
     let data = dir.path().join("train");
     write_images(&data);
     aula::train::seed(1);
@@ -56,4 +70,113 @@ fn features_are_cached_by_content() {
     std::fs::write(&fresh.path, b"garbage").unwrap();
     let recomputed = extract_features(&conv_base, &changed).unwrap();
     assert!(!recomputed.cached && recomputed.features.equal(&fresh.features));
+}
+
+/// A frozen conv base + Flatten + Dense(1): `predict_generator` keeps the
+/// outputs of the conv base, pooling and Flatten (the frozen first layers).
+fn fine_tuned_model() -> Sequential {
+    let mut base = Sequential::new("base");
+    base.add(Conv2D(4, 3).activation("relu").input_shape(&[32, 32, 3]).name("block1_conv1")).unwrap();
+    base.add(MaxPooling2D(2).name("block1_pool")).unwrap();
+    base.trainable = false;
+    let mut model = Sequential::new("sequential");
+    model.add(base).unwrap();
+    model.add(Flatten()).unwrap();
+    model.add(Dense(1).activation("sigmoid")).unwrap();
+    model
+}
+
+/// The whole model over every image, in file order, without any cache.
+fn direct(model: &Sequential, generator: &aula::data::DirectoryIterator) -> Tensor {
+    let (x, _) = generator.load_batch(&(0..generator.samples()).collect::<Vec<_>>()).unwrap();
+    tch::no_grad(|| model.forward_t(&x, false)).view([-1])
+}
+
+fn frozen_cache_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(cache_dir().join("features"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.file_name().unwrap().to_string_lossy().starts_with("frozen-"));
+    files.sort();
+    files
+}
+
+fn one(value: f32, shape: &[i64], name: &str) -> aula::weights::NamedTensors {
+    [(name.to_string(), Tensor::full(shape, value as f64, (tch::Kind::Float, tch::Device::Cpu)))].into_iter().collect()
+}
+
+#[test]
+fn predictions_reuse_the_frozen_layers_outputs_from_disk() {
+    cache_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("test");
+    write_images(&data);
+    aula::train::seed(3);
+    let mut model = fine_tuned_model();
+    let datagen = ImageDataGenerator::rescale(1.0 / 255.0);
+    let flow = |d: &ImageDataGenerator| d.flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap().shuffle(false);
+    let mut test = flow(&datagen);
+    let close = |a: &Tensor, b: &Tensor| a.allclose(b, 1e-5, 1e-6, false);
+
+    // A partial pass computes as before and keeps nothing.
+    let (p, _) = model.predict_generator(&mut test, 1).unwrap();
+    assert!(close(&p, &direct(&model, &test).narrow(0, 0, 4)));
+    assert!(frozen_cache_files().is_empty());
+
+    // A whole pass (6 images in 2 batches of 4): the numbers of the whole model, and one file.
+    let mut test = flow(&datagen);
+    let (p, y) = model.predict_generator(&mut test, 2).unwrap();
+    assert!(close(&p, &direct(&model, &test)), "{p:?}");
+    assert_eq!(Vec::<f32>::try_from(&y).unwrap(), [0., 0., 0., 1., 1., 1.]);
+    let files = frozen_cache_files();
+    assert_eq!(files.len(), 1);
+    let cached = &files[0];
+
+    // The next pass reads the file: proved by planting other outputs in it.
+    let saved = std::fs::read(cached).unwrap();
+    let tensors = Tensor::read_safetensors(cached).unwrap();
+    let features = &tensors.iter().find(|(n, _)| n == "features").unwrap().1;
+    let labels = &tensors.iter().find(|(n, _)| n == "labels").unwrap().1;
+    Tensor::write_safetensors(&[("features", &features.zeros_like()), ("labels", labels)], cached).unwrap();
+    let (planted, _) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
+    assert!(!close(&planted, &p), "the cache file was not read");
+    std::fs::write(cached, &saved).unwrap();
+    let (again, y_again) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
+    assert!(again.equal(&p) && y_again.equal(&y));
+    // evaluate_generator agrees with the predictions it comes from.
+    let (loss, acc) = model.evaluate_generator(&mut flow(&datagen), 2).unwrap();
+    let expected_acc = p.gt(0.5).to_kind(tch::Kind::Float).eq_tensor(&y).to_kind(tch::Kind::Float).mean(None).double_value(&[]);
+    assert!((acc - expected_acc).abs() < 1e-9 && loss.is_finite());
+
+    // A new head (the layer that trains) reuses the file, with its own numbers.
+    model.set_weights_by_name(&one(0.01, &[900, 1], "dense_1/kernel"), "test").unwrap();
+    let (p_head, _) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
+    assert!(close(&p_head, &direct(&model, &flow(&datagen))) && !close(&p_head, &p));
+    assert_eq!(frozen_cache_files().len(), 1);
+
+    // Other frozen weights, another preprocessing or a changed image: another key.
+    model.set_weights_by_name(&one(0.02, &[3, 3, 3, 4], "block1_conv1/kernel"), "test").unwrap();
+    let (p_base, _) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
+    assert!(close(&p_base, &direct(&model, &flow(&datagen))));
+    assert_eq!(frozen_cache_files().len(), 2);
+    let _ = model.predict_generator(&mut flow(&ImageDataGenerator::caffe()), 2).unwrap();
+    assert_eq!(frozen_cache_files().len(), 3);
+    image::RgbImage::new(40, 30).save(data.join("dogs").join("dogs.2.jpg")).unwrap();
+    let (p_changed, _) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
+    assert!(close(&p_changed, &direct(&model, &flow(&datagen))));
+    assert_eq!(frozen_cache_files().len(), 4);
+
+    // Augmented images are never kept.
+    let augmenting = ImageDataGenerator::rescale(1.0 / 255.0).horizontal_flip(true);
+    let _ = model.predict_generator(&mut flow(&augmenting), 2).unwrap();
+    assert_eq!(frozen_cache_files().len(), 4);
+
+    // A damaged file is ignored (with a warning) and written again.
+    let files = frozen_cache_files();
+    for f in &files {
+        std::fs::write(f, b"garbage").unwrap();
+    }
+    let (recomputed, _) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
+    assert!(recomputed.equal(&p_changed));
+    assert!(files.iter().any(|f| Tensor::read_safetensors(f).is_ok()), "the damaged file was not rewritten");
 }

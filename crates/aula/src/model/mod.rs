@@ -166,6 +166,18 @@ impl Layer {
         }
     }
 
+    /// This layer's weights by Keras name, in Keras layout, on the CPU (with
+    /// those of the models inside it).
+    pub fn get_weights(&self) -> NamedTensors {
+        let mut out = NamedTensors::new();
+        self.models().into_iter().for_each(|m| out.extend(m.get_weights()));
+        for (param, t) in &self.weights {
+            let keras = keras_layout(&self.kind, param, t).to_device(Device::Cpu).contiguous();
+            out.insert(format!("{}/{param}", self.name), keras);
+        }
+        out
+    }
+
     fn models_mut(&mut self) -> Vec<&mut Sequential> {
         match &mut self.kind {
             LayerKind::Model(m) => vec![m],
@@ -650,11 +662,7 @@ impl Sequential {
     pub fn get_weights(&self) -> NamedTensors {
         let mut out = NamedTensors::new();
         for layer in &self.layers {
-            layer.models().into_iter().for_each(|m| out.extend(m.get_weights()));
-            for (param, t) in &layer.weights {
-                let keras = keras_layout(&layer.kind, param, t).to_device(Device::Cpu).contiguous();
-                out.insert(format!("{}/{param}", layer.name), keras);
-            }
+            out.extend(layer.get_weights());
         }
         out
     }

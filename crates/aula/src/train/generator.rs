@@ -3,13 +3,14 @@
 //! conv base inside the model, fed augmented images).
 
 use super::checkpoint::{model_fingerprint, Checkpoint};
-use super::{binary_accuracy, binary_crossentropy, current_seed, History};
+use super::frozen_prefix::{loss_and_accuracy, FrozenPrefixCache};
+use super::{current_seed, History};
 use crate::data::DirectoryIterator;
 use crate::model::Sequential;
 use anyhow::{bail, Result};
 use std::path::Path;
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// The seed of epoch `epoch` of a run seeded with `seed`: libtorch's generator
 /// (dropout) is reseeded with it, so an epoch draws the same whether it runs
@@ -142,7 +143,7 @@ impl Sequential {
                     validation_cache = FrozenPrefixCache::build(self, val)?;
                 }
                 let (val_loss, val_acc) = match &validation_cache {
-                    Some(cache) => cache.evaluate(self, val, validation_steps)?,
+                    Some(cache) => cache.evaluate(self, val, validation_steps),
                     None => self.evaluate_generator(val, validation_steps)?,
                 };
                 state.history.val_loss.push(val_loss);
@@ -167,13 +168,24 @@ impl Sequential {
     /// batches, dropout off.
     pub fn evaluate_generator(&self, generator: &mut DirectoryIterator, steps: usize) -> Result<(f64, f64)> {
         let (p, y) = self.predict_generator(generator, steps)?;
-        let y = y.to_kind(Kind::Float).view([-1]);
-        Ok((binary_crossentropy(&p, &y).double_value(&[]), binary_accuracy(&p, &y)))
+        Ok(loss_and_accuracy(&p, &y))
     }
 
     /// `model.predict_generator(generator, steps)`: the predicted probabilities
     /// (N,) on the CPU, and the true labels that came with the batches.
+    ///
+    /// When the steps cover every image and the model's first layers are
+    /// frozen, those layers' outputs come from (or go to) a cache on disk, so
+    /// evaluating the same images again costs only the layers that trained.
     pub fn predict_generator(&self, generator: &mut DirectoryIterator, steps: usize) -> Result<(Tensor, Tensor)> {
+        if steps == 0 {
+            bail!("steps must be at least 1");
+        }
+        if steps * generator.batch_size() >= generator.samples() {
+            if let Some(cache) = FrozenPrefixCache::load_or_build(self, generator)? {
+                return Ok(cache.predict(self, generator, steps));
+            }
+        }
         let _guard = tch::no_grad_guard();
         let (mut ps, mut ys) = (Vec::new(), Vec::new());
         for _ in 0..steps {
@@ -181,66 +193,6 @@ impl Sequential {
             ps.push(self.forward_t(&x, false).to_device(Device::Cpu).view([-1]));
             ys.push(y);
         }
-        if ps.is_empty() {
-            bail!("steps must be at least 1");
-        }
         Ok((Tensor::cat(&ps, 0), Tensor::cat(&ys, 0)))
-    }
-}
-
-/// Validation images never change, and neither do the model's frozen first
-/// layers (the whole VGG16 base in "Alternativa 2", blocks 1-4 when fine-tuning),
-/// so their outputs for the validation images are computed once per `fit`
-/// instead of once per epoch: a third of each epoch with the frozen base on a
-/// CPU. The numbers are those of running the whole model. Not used when the
-/// validation images are augmented or the outputs would take over 1 GiB.
-struct FrozenPrefixCache {
-    /// Layers (of `Sequential::leaves`) whose outputs are kept.
-    len: usize,
-    /// Their outputs for every image, in `filenames` order, on the model's device.
-    outputs: Tensor,
-    labels: Tensor,
-}
-
-const CACHE_LIMIT_BYTES: i64 = 1 << 30;
-
-impl FrozenPrefixCache {
-    fn build(model: &Sequential, val: &DirectoryIterator) -> Result<Option<FrozenPrefixCache>> {
-        let len = model.frozen_prefix_len();
-        if len == 0 || !val.generator().augmentation.is_identity() {
-            return Ok(None);
-        }
-        let _guard = tch::no_grad_guard();
-        let n = val.samples();
-        let order: Vec<usize> = (0..n).collect();
-        let mut outputs = Vec::new();
-        let mut bar = crate::progress::Progress::new(n as u64, "validation images through the frozen layers (once)", "images");
-        for indices in order.chunks(val.batch_size()) {
-            let (x, _) = val.load_batch(indices)?;
-            let out = model.forward_leaves(&x, 0..len);
-            if outputs.is_empty() && (out.numel() / indices.len()) as i64 * 4 * n as i64 > CACHE_LIMIT_BYTES {
-                return Ok(None);
-            }
-            bar.inc(indices.len() as u64);
-            outputs.push(out.contiguous());
-        }
-        bar.finish();
-        Ok(Some(FrozenPrefixCache { len, outputs: Tensor::cat(&outputs, 0), labels: val.labels() }))
-    }
-
-    /// `evaluate_generator` over the next `steps` batches of `val`, from the cache.
-    fn evaluate(&self, model: &Sequential, val: &mut DirectoryIterator, steps: usize) -> Result<(f64, f64)> {
-        let _guard = tch::no_grad_guard();
-        let all = model.leaves().len();
-        let (mut ps, mut ys) = (Vec::new(), Vec::new());
-        for _ in 0..steps {
-            let indices: Vec<i64> = val.next_indices().into_iter().map(|i| i as i64).collect();
-            let idx = Tensor::from_slice(&indices);
-            let x = self.outputs.index_select(0, &idx.to_device(self.outputs.device()));
-            ps.push(model.forward_leaves(&x, self.len..all).to_device(Device::Cpu).view([-1]));
-            ys.push(self.labels.index_select(0, &idx));
-        }
-        let (p, y) = (Tensor::cat(&ps, 0), Tensor::cat(&ys, 0).to_kind(Kind::Float).view([-1]));
-        Ok((binary_crossentropy(&p, &y).double_value(&[]), binary_accuracy(&p, &y)))
     }
 }

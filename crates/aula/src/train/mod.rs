@@ -2,6 +2,7 @@
 //! they leave, with binary crossentropy, accuracy and Keras's RMSprop.
 
 mod checkpoint;
+mod frozen_prefix;
 mod generator;
 mod rmsprop;
 
