@@ -286,14 +286,14 @@ fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_co
     assert_eq!(again, history);
 
     let step_dir = aula::rendered::save("tiny", &history, &trained, &dir, json!({"recipe": "test"})).unwrap();
-    let provenance: aula::serde_json::Value = aula::serde_json::from_slice(&std::fs::read(step_dir.join("provenance.json")).unwrap()).unwrap();
+    let read = |p: &Path| -> aula::serde_json::Value { aula::serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let path = step_dir.join("provenance.json");
+    let provenance = read(&path);
     assert_eq!((provenance["epochs"].as_u64(), provenance["seed"].as_u64()), (Some(2), Some(11)), "{provenance}");
     assert_eq!(provenance["recipe"], "test");
     assert_eq!(provenance["epoch_s"].as_array().map(Vec::len), Some(2), "{provenance}");
     // Saved again (a rerun of `make render`), the record keeps its first date and
     // commit; a different record (here the recipe) is written anew.
-    let read = |p: &Path| -> aula::serde_json::Value { aula::serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
-    let path = step_dir.join("provenance.json");
     let mut first = provenance.clone();
     first["date"] = json!("2001-01-01T00:00:00Z");
     first["commit"] = json!("first");
@@ -304,7 +304,6 @@ fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_co
     let third = read(&path);
     assert_eq!(third["recipe"], "test 2");
     assert_ne!(third["date"], first["date"]);
-    aula::rendered::save("tiny", &history, &trained, &dir, json!({"recipe": "test"})).unwrap();
 
     // A fresh, untrained model restored: the trained model's predictions, up
     // to the f16 the weights are stored in. Only the trainable part is saved,
