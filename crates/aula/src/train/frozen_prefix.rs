@@ -29,10 +29,7 @@ impl FrozenPrefixCache {
     /// In memory, for the validation of one `fit_generator`. None when there
     /// is nothing to keep: no frozen first layer, augmented images, or over 1 GiB.
     pub(super) fn build(model: &Sequential, images: &DirectoryIterator) -> Result<Option<FrozenPrefixCache>> {
-        let len = model.frozen_prefix_len();
-        if len == 0 || !images.generator().augmentation.is_identity() {
-            return Ok(None);
-        }
+        let Some(len) = frozen_len(model, images) else { return Ok(None) };
         compute(model, images, len, "validation images through the frozen layers (once)")
     }
 
@@ -41,10 +38,7 @@ impl FrozenPrefixCache {
     /// size): the next evaluation of these images by a model that shares those
     /// layers (notebook 03's test set, in every class run) skips them.
     pub(super) fn load_or_build(model: &Sequential, images: &DirectoryIterator) -> Result<Option<FrozenPrefixCache>> {
-        let len = model.frozen_prefix_len();
-        if len == 0 || !images.generator().augmentation.is_identity() {
-            return Ok(None);
-        }
+        let Some(len) = frozen_len(model, images) else { return Ok(None) };
         let path = cache_path(&format!("frozen-{}", key(model, len, images)?));
         let last = model.leaves()[len - 1].0.name.clone();
         if let Some((outputs, labels)) = load_cached(&path, images.samples()) {
@@ -88,6 +82,13 @@ impl FrozenPrefixCache {
 pub(super) fn loss_and_accuracy(p: &Tensor, y: &Tensor) -> (f64, f64) {
     let y = y.to_kind(Kind::Float).view([-1]);
     (binary_crossentropy(p, &y).double_value(&[]), binary_accuracy(p, &y))
+}
+
+/// How many first layers of `model` are frozen, when there are any and the
+/// images are not augmented (augmented images differ every time).
+fn frozen_len(model: &Sequential, images: &DirectoryIterator) -> Option<usize> {
+    let len = model.frozen_prefix_len();
+    (len > 0 && images.generator().augmentation.is_identity()).then_some(len)
 }
 
 /// Runs the first `len` layers over every image, in file order.
