@@ -1,6 +1,10 @@
 //! "Alternativa 2" and fine-tuning without Jupyter: the trainings of notebooks
 //! 02 and 03, then the test set. The same library calls as the notebooks; on a
-//! GPU machine it is how the long trainings are checked (scripts/device-check.sh).
+//! GPU machine it is how the long trainings are checked (scripts/gpu-check.sh).
+//!
+//! Every input and output location is checked before the first epoch: a
+//! missing test/ split or an --out that cannot be created must not be found
+//! after hours of training.
 
 use aula::prelude::*;
 use anyhow::{Context, Result};
@@ -23,19 +27,19 @@ pub struct Args {
     #[arg(long, default_value = "imagenet")]
     weights: String,
     /// Epochs of the classifier on the frozen base (notebook 02: 30).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = at_least_one)]
     head_epochs: usize,
     /// Epochs of fine-tuning, block 5 + classifier (notebook 03: 30; Chollet: 100).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = at_least_one)]
     epochs: usize,
     /// Batches of 20 per epoch (100 = the 2,000 training images).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     steps_per_epoch: usize,
     /// Validation batches of 20 per epoch (50 = the 1,000 validation images).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
     validation_steps: usize,
     /// Test batches of 20 (50 = the 1,000 test images).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
     test_steps: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -50,6 +54,10 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let suffix = if args.caffe { "_caffe" } else { "" };
     let checkpoints = args.checkpoints.clone().unwrap_or_else(|| args.out.join("checkpoints"));
+    // Where the results go, before anything long runs.
+    for dir in [&args.out, &checkpoints] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     seed(args.seed);
     println!("{}", device_info());
 
@@ -59,6 +67,10 @@ pub fn run(args: Args) -> Result<()> {
     let test_datagen = ImageDataGenerator::preprocess_input(preprocessing);
     let mut train = train_datagen.flow_from_directory(data.join("train"), (150, 150), 20, ClassMode::Binary)?;
     let mut validation = test_datagen.flow_from_directory(data.join("validation"), (150, 150), 20, ClassMode::Binary)?;
+    // The test split is read at the very end: check it now (present, images, same classes).
+    let mut test = test_datagen.flow_from_directory(data.join("test"), (150, 150), 20, ClassMode::Binary)?.shuffle(false);
+    train.check_same_classes(&validation)?;
+    train.check_same_classes(&test)?;
     let head = fit(&args, &mut model, &mut train, &mut validation, args.head_epochs, &checkpoints.join(format!("data_augmentation{suffix}")))?;
 
     // Slide "Cambios al código para fine tuning": from block5_conv1 on, trainable.
@@ -73,7 +85,6 @@ pub fn run(args: Args) -> Result<()> {
     let mut fine = fit(&args, &mut model, &mut train, &mut validation, args.epochs, &checkpoints.join(format!("fine_tuning{suffix}")))?;
 
     // Slide "Evaluación del modelo".
-    let mut test = test_datagen.flow_from_directory(data.join("test"), (150, 150), 20, ClassMode::Binary)?.shuffle(false);
     let start = Instant::now();
     let (test_loss, test_acc) = model.evaluate_generator(&mut test, args.test_steps)?;
     let test_s = start.elapsed().as_secs_f64();
@@ -87,6 +98,15 @@ pub fn run(args: Args) -> Result<()> {
     aula::metrics::record(&metrics, &format!("fine_tuning{suffix}"), fine)?;
     println!("wrote {}", metrics.display());
     Ok(())
+}
+
+/// clap's check for counts that must be at least 1 (0 epochs would train nothing).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Slide "Extracción con Data Augmentation": conv_base + Flatten + Dense(256,

@@ -23,8 +23,13 @@ fn fixture(root: &Path) {
 }
 
 fn fine_tune(data: &Path, out: &Path) -> Output {
+    fine_tune_with(data, out, "2")
+}
+
+/// `aula fine-tune` on `data`: `head_epochs` epochs of the head, 1 of fine-tuning.
+fn fine_tune_with(data: &Path, out: &Path, head_epochs: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_aula"))
-        .args(["fine-tune", "--weights", "none", "--head-epochs", "2", "--epochs", "1"])
+        .args(["fine-tune", "--weights", "none", "--head-epochs", head_epochs, "--epochs", "1"])
         .args(["--steps-per-epoch", "1", "--validation-steps", "1", "--test-steps", "1"])
         .arg("--data")
         .arg(data)
@@ -65,6 +70,39 @@ fn trains_the_head_then_block5_then_tests_and_a_rerun_resumes() {
     let metrics2: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics2["fine_tuning"]["val_acc"], fine["val_acc"]);
     assert_eq!(metrics2["fine_tuning"]["test_acc"], fine["test_acc"]);
+
+    // Fewer head epochs than its checkpoint holds: refused, never "Epoch 3/1".
+    let fewer = fine_tune_with(&data, &out, "1");
+    let (stdout, stderr) = (String::from_utf8_lossy(&fewer.stdout), String::from_utf8_lossy(&fewer.stderr));
+    assert!(!fewer.status.success() && stderr.contains("already holds 2 epochs"), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("Epoch 3/1") && !stdout.contains("Epoch 2/1"), "{stdout}");
+}
+
+/// What is wrong with the inputs or outputs is said before the first epoch.
+#[test]
+fn bad_inputs_and_outputs_are_refused_before_any_epoch() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    fixture(&data);
+    let refused = |run: Output, expect: &str| {
+        let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+        assert!(!run.status.success(), "{stdout}");
+        assert!(!stdout.contains("Epoch 1/"), "trained before refusing:\n{stdout}");
+        assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
+    };
+    // 0 epochs: a clear refusal, not "the training left no checkpoint".
+    refused(fine_tune_with(&data, &tmp.path().join("o0"), "0"), "must be at least 1");
+    // An --out that cannot be created (a file is in the way).
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    refused(fine_tune(&data, &file.join("out")), &file.join("out").display().to_string());
+    // Validation classes named differently.
+    std::fs::rename(data.join("validation/dogs"), data.join("validation/Dogs")).unwrap();
+    refused(fine_tune(&data, &tmp.path().join("o1")), "class folders do not match");
+    std::fs::rename(data.join("validation/Dogs"), data.join("validation/dogs")).unwrap();
+    // The test split missing: known now, not after hours of training.
+    std::fs::remove_dir_all(data.join("test")).unwrap();
+    refused(fine_tune(&data, &tmp.path().join("o2")), &data.join("test").display().to_string());
 }
 
 #[test]

@@ -699,6 +699,54 @@ fn make_split_copies_chollets_numbers() {
     );
 }
 
+/// Kaggle's train/ folder with cat/dog 0..2000, each file holding its own name.
+fn kaggle_fixture(dir: &Path) -> PathBuf {
+    let kaggle = dir.join("kaggle/train");
+    fs::create_dir_all(&kaggle).unwrap();
+    for prefix in ["cat", "dog"] {
+        for i in 0..2000 {
+            fs::write(kaggle.join(format!("{prefix}.{i}.jpg")), format!("{prefix} {i}")).unwrap();
+        }
+    }
+    kaggle
+}
+
+#[test]
+fn make_split_never_writes_through_a_link_into_the_source() {
+    let tmp = TempDir::new().unwrap();
+    let kaggle = kaggle_fixture(tmp.path());
+    let dest = tmp.path().join("small");
+    fs::create_dir_all(dest.join("train/cats")).unwrap();
+    fs::create_dir_all(dest.join("train/dogs")).unwrap();
+    // A hard link and a symlink to source images already where the split copies to.
+    fs::hard_link(kaggle.join("cat.1.jpg"), dest.join("train/cats/cat.1.jpg")).unwrap();
+    std::os::unix::fs::symlink(kaggle.join("dog.2.jpg"), dest.join("train/dogs/dog.2.jpg")).unwrap();
+    make_split(&kaggle, &dest).unwrap();
+    assert_eq!(fs::read_to_string(kaggle.join("cat.1.jpg")).unwrap(), "cat 1", "source truncated");
+    assert_eq!(fs::read_to_string(kaggle.join("dog.2.jpg")).unwrap(), "dog 2", "source truncated");
+    assert_eq!(fs::read_to_string(dest.join("train/cats/cat.1.jpg")).unwrap(), "cat 1");
+    let copy = dest.join("train/dogs/dog.2.jpg");
+    assert!(!fs::symlink_metadata(&copy).unwrap().file_type().is_symlink(), "the link was kept");
+    assert_eq!(fs::read_to_string(copy).unwrap(), "dog 2");
+    // Running it again over its own result is fine.
+    make_split(&kaggle, &dest).unwrap();
+}
+
+#[test]
+fn make_split_refuses_a_destination_with_extra_images() {
+    let tmp = TempDir::new().unwrap();
+    let kaggle = kaggle_fixture(tmp.path());
+    let dest = tmp.path().join("small");
+    fs::create_dir_all(dest.join("validation/cats")).unwrap();
+    fs::write(dest.join("validation/cats/cat.5000.jpg"), "left over").unwrap();
+    let msg = err_text(make_split(&kaggle, &dest));
+    assert!(
+        msg.contains("validation/cats") && msg.contains("cat.5000.jpg") && msg.contains("1 file"),
+        "{msg}"
+    );
+    assert!(!dest.join("train").exists(), "nothing is written before the refusal");
+}
+
 // ---------- the real data, when this machine has it ----------
 
 fn real_data() -> Option<PathBuf> {

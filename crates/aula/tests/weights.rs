@@ -111,6 +111,16 @@ fn truncated_files_are_clear_errors() {
     std::fs::write(&tiny, b"").unwrap();
     let e = err(vgg16(Weights::File(tiny), false, (32, 32, 3)));
     assert!(e.contains("empty.h5") && e.contains("truncated"), "{e}");
+
+    // A folder given as the weights file is named as a folder, not "truncated (0 bytes)".
+    let e = err(vgg16(Weights::File(dir.path().to_path_buf()), false, (32, 32, 3)));
+    assert!(e.contains("is a folder, not a weights file") && !e.contains("truncated"), "{e}");
+
+    // A text file named .h5 (an error page saved by a browser): not "unknown format".
+    let html = dir.path().join("vgg16.h5");
+    std::fs::write(&html, b"<!DOCTYPE html><html>rate limited</html>").unwrap();
+    let e = err(vgg16(Weights::File(html), false, (32, 32, 3)));
+    assert!(e.contains("vgg16.h5") && e.contains("not one") && e.contains("<!DOCTYP"), "{e}");
 }
 
 #[test]

@@ -244,6 +244,14 @@ impl DirectoryIterator {
         Ok(it)
     }
 
+    /// Fails unless `other` has the same class folders, so that each label
+    /// means the same class in both (Keras's `class_indices`): `train/dogs`
+    /// with `validation/Dogs` would otherwise swap the labels silently
+    /// (folders sort with capitals first).
+    pub fn check_same_classes(&self, other: &DirectoryIterator) -> Result<()> {
+        check_classes(&self.class_indices, &format!("{} has", self.directory.display()), &other.class_indices, &other.directory)
+    }
+
     /// Keras's line "Found 2000 images belonging to 2 classes.", printed when
     /// the iterator was made.
     pub fn found(&self) -> String {
@@ -485,6 +493,23 @@ impl DirectoryIterator {
             self.order.shuffle(&mut rng);
         }
     }
+}
+
+/// The error when `b`'s class folders are not `a`'s (see
+/// [`DirectoryIterator::check_same_classes`]); `a_is` says what `a` is, with its verb
+/// ("… train has", "the model was trained on").
+pub(crate) fn check_classes(a: &[(String, usize)], a_is: &str, b: &[(String, usize)], b_dir: &Path) -> Result<()> {
+    if a != b {
+        let show = |c: &[(String, usize)]| c.iter().map(|(n, i)| format!("{n}={i}")).collect::<Vec<_>>().join(", ");
+        bail!(
+            "the class folders do not match: {a_is} {} but {} has {}. Each label must mean the same \
+             class in every split: rename the folders so that they have the same names",
+            show(a),
+            b_dir.display(),
+            show(b)
+        );
+    }
+    Ok(())
 }
 
 fn found_message(images: usize, classes: usize) -> String {

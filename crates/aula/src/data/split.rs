@@ -23,7 +23,14 @@ pub const CLASSES: [(&str, &str); 2] = [("cats", "cat"), ("dogs", "dog")];
 /// (`cat.0.jpg` … `dog.12499.jpg`): `cat.0`–`cat.999` go to `train/cats`,
 /// `cat.1000`–`cat.1499` to `validation/cats`, `cat.1500`–`cat.1999` to
 /// `test/cats`, and the same for dogs. Every source file is checked before
-/// anything is copied. Running it again overwrites the copies.
+/// anything is copied. Running it again replaces the copies.
+///
+/// Each copy is written to a temporary file and renamed over its destination,
+/// so a destination that is a hard link or a symbolic link to a source image
+/// is replaced, never written through (writing through it would truncate the
+/// user's Kaggle image). A class folder that already holds files the split
+/// does not make (e.g. `cat.5000.jpg`) is refused before anything is written:
+/// it would silently change the lesson's numbers.
 pub fn make_split(kaggle_train: &Path, dest: &Path) -> Result<()> {
     if !kaggle_train.is_dir() {
         bail!(
@@ -78,6 +85,7 @@ pub fn make_split(kaggle_train: &Path, dest: &Path) -> Result<()> {
         );
     }
 
+    refuse_extra_files(dest, &copies)?;
     for (split, _, _) in SPLITS {
         for (class, _) in CLASSES {
             let dir = dest.join(split).join(class);
@@ -85,11 +93,9 @@ pub fn make_split(kaggle_train: &Path, dest: &Path) -> Result<()> {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
     }
-    copies.par_iter().try_for_each(|(src, dst)| {
-        std::fs::copy(src, dst)
-            .map(|_| ())
-            .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))
-    })?;
+    copies
+        .par_iter()
+        .try_for_each(|(src, dst)| copy_replacing(src, dst))?;
 
     for (split, first, end) in SPLITS {
         let n = end - first;
@@ -97,6 +103,49 @@ pub fn make_split(kaggle_train: &Path, dest: &Path) -> Result<()> {
             "{split}: {n} cats, {n} dogs in {}",
             dest.join(split).display()
         );
+    }
+    Ok(())
+}
+
+/// Copies `src` to a temporary file beside `dst`, then renames it over `dst`:
+/// whatever `dst` was (a file, a hard link or a symlink to `src`) is replaced
+/// as a directory entry, and `src` is only ever read.
+fn copy_replacing(src: &Path, dst: &Path) -> Result<()> {
+    let tmp = crate::paths::tmp_path(dst);
+    let result = std::fs::copy(src, &tmp).and_then(|_| std::fs::rename(&tmp, dst));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))
+}
+
+/// Fails, naming the folder and the files, when a class folder of `dest`
+/// already holds files that the split would not put there.
+fn refuse_extra_files(dest: &Path, copies: &[(PathBuf, PathBuf)]) -> Result<()> {
+    let planned: std::collections::HashSet<&Path> =
+        copies.iter().map(|(_, dst)| dst.as_path()).collect();
+    for (split, _, _) in SPLITS {
+        for (class, _) in CLASSES {
+            let dir = dest.join(split).join(class);
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let mut extra: Vec<String> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| !planned.contains(p.as_path()))
+                .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+                .collect();
+            if !extra.is_empty() {
+                extra.sort();
+                let more = if extra.len() > 5 { ", …" } else { "" };
+                bail!(
+                    "{} already holds {} file(s) that the split does not make ({}{more}): they would \
+                     be counted as training data. Move them away, or pass an empty --to folder",
+                    dir.display(),
+                    extra.len(),
+                    extra[..extra.len().min(5)].join(", ")
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -355,6 +355,9 @@ pub struct Sequential {
     channels_last: bool,
     /// Set by `compile`: which weights the optimizer updates (see `train`).
     pub(crate) compiled: Option<crate::train::Compiled>,
+    /// The class folders `fit_generator` trained on (Keras's `class_indices`):
+    /// predicting on folders named otherwise would read the labels swapped.
+    pub(crate) class_indices: Option<Vec<(String, usize)>>,
 }
 
 impl Default for Sequential {
@@ -373,6 +376,7 @@ impl Sequential {
             device: crate::device::default_device(),
             channels_last: true,
             compiled: None,
+            class_indices: None,
         }
     }
 

@@ -45,6 +45,62 @@ pub struct Checkpoint {
     pub devices: Vec<String>,
 }
 
+/// An exclusive lock on a checkpoint folder for the length of one training:
+/// two trainings writing one folder would replace each other's epochs. It is
+/// an OS file lock (flock), so it goes with the process however that ends,
+/// SIGKILL included, and never needs cleaning up by hand.
+pub(crate) struct FolderLock {
+    _file: std::fs::File,
+}
+
+impl FolderLock {
+    pub(crate) fn acquire(dir: &Path) -> Result<FolderLock> {
+        use std::io::{Read, Write};
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint folder {}", dir.display()))?;
+        let path = dir.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = if holder.trim().is_empty() { "it is just starting".to_string() } else { holder.trim().to_string() };
+                bail!(
+                    "checkpoint folder {} is in use by another training ({holder}). Wait until it ends \
+                     (or stop it), or give this training another checkpoint folder",
+                    dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        // Who holds it, for the error above.
+        let started = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let command: Vec<String> = std::env::args().collect();
+        let _ = file.set_len(0);
+        let _ = write!(file, "pid {}, since {started}: {}", std::process::id(), command.join(" "));
+        // Temporary files here are from writes cut short by a kill: with the
+        // lock held, nobody else is writing them (they can be tens of MB).
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(FolderLock { _file: file })
+    }
+}
+
 /// The identity of a model for resuming: see [`Checkpoint::model`].
 pub(crate) fn model_fingerprint(model: &Sequential) -> String {
     let mut h = Sha256::new();
@@ -74,8 +130,12 @@ impl Checkpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let c: Checkpoint = serde_json::from_slice(&bytes).with_context(|| {
-            format!("checkpoint {} is damaged; delete {} to start the training again", path.display(), dir.display())
+        let c: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "checkpoint {} is damaged ({e}); delete {} to start the training again",
+                path.display(),
+                dir.display()
+            )
         })?;
         if c.format != FORMAT {
             bail!("checkpoint {} has format {}, this aula reads format {FORMAT}", path.display(), c.format);

@@ -2,9 +2,9 @@
 //! `evaluate_generator` and `predict_generator` (slide "Alternativa 2": the
 //! conv base inside the model, fed augmented images).
 
-use super::checkpoint::{model_fingerprint, Checkpoint};
+use super::checkpoint::{model_fingerprint, Checkpoint, FolderLock};
 use super::frozen_prefix::{loss_and_accuracy, FrozenPrefixCache};
-use super::{current_seed, History};
+use super::{current_seed, terminate_on_nan, History};
 use crate::data::DirectoryIterator;
 use crate::model::Sequential;
 use anyhow::{bail, Result};
@@ -66,9 +66,14 @@ impl Sequential {
         if validation_data.is_some() && validation_steps == 0 {
             bail!("validation_steps must be at least 1 when there is validation_data");
         }
+        if let Some(val) = validation_data.as_deref() {
+            generator.check_same_classes(val)?;
+        }
         if self.trainable_changes_pending() {
             eprintln!("warning: trainable flags changed after compile(); they take effect when you compile() again");
         }
+        // Held until the training returns: a second training on this folder is refused.
+        let _lock = checkpoints.map(FolderLock::acquire).transpose()?;
         let seed = current_seed();
         let steps = (steps_per_epoch, validation_steps);
         let mut state = Checkpoint {
@@ -89,6 +94,17 @@ impl Sequential {
         if let Some(dir) = checkpoints {
             if let Some(saved) = Checkpoint::load(dir)? {
                 saved.check_matches(dir, self, optimizer, seed, steps)?;
+                if saved.epochs_done > epochs {
+                    // Only the last epoch's weights are kept: there is no epoch `epochs` to go back to.
+                    bail!(
+                        "checkpoint {} already holds {} epochs, more than the {epochs} asked for, and it keeps \
+                         only the weights of its last epoch. Ask for epochs={} (or more) to use it, or give \
+                         another checkpoint folder (or delete this one) to train {epochs} epochs from the start",
+                        Checkpoint::json_path(dir).display(),
+                        saved.epochs_done,
+                        saved.epochs_done
+                    );
+                }
                 saved.restore(dir, self)?;
                 println!(
                     "Resuming from {}: {} of {epochs} epochs done ({:.0} s)",
@@ -103,6 +119,7 @@ impl Sequential {
             }
         }
 
+        self.class_indices = Some(generator.class_indices().to_vec());
         let mut validation_cache: Option<FrozenPrefixCache> = None;
         for epoch in state.epochs_done..epochs {
             let start = Instant::now();
@@ -123,6 +140,14 @@ impl Sequential {
                     (trained, next.map(|h| h.join().expect("the batch loader panicked")))
                 });
                 let (loss, acc) = trained?;
+                terminate_on_nan(loss, epoch + 1, step + 1, &match checkpoints {
+                    Some(dir) if state.epochs_done > 0 => format!(
+                        "The checkpoint of epoch {} in {} is kept: a rerun continues from it",
+                        state.epochs_done,
+                        dir.display()
+                    ),
+                    _ => String::new(),
+                })?;
                 let n = batch.0.size()[0] as f64;
                 loss_sum += loss * n;
                 acc_sum += acc * n;
@@ -180,6 +205,9 @@ impl Sequential {
     pub fn predict_generator(&self, generator: &mut DirectoryIterator, steps: usize) -> Result<(Tensor, Tensor)> {
         if steps == 0 {
             bail!("steps must be at least 1");
+        }
+        if let Some(trained) = &self.class_indices {
+            crate::data::directory::check_classes(trained, "the model was trained on", generator.class_indices(), generator.directory())?;
         }
         if steps * generator.batch_size() >= generator.samples() {
             if let Some(cache) = FrozenPrefixCache::load_or_build(self, generator)? {

@@ -20,10 +20,47 @@ use tch::{Device, Kind, Tensor};
 /// Keras's `History.history`: one value per epoch.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct History {
+    #[serde(with = "json_floats")]
     pub loss: Vec<f64>,
+    #[serde(with = "json_floats")]
     pub acc: Vec<f64>,
+    #[serde(with = "json_floats", default)]
     pub val_loss: Vec<f64>,
+    #[serde(with = "json_floats", default)]
     pub val_acc: Vec<f64>,
+}
+
+/// History values as JSON numbers, and the non-finite ones (a NaN loss) as the
+/// strings "NaN", "Infinity" and "-Infinity": JSON has no number for them, and
+/// serde_json would write `null`, which then fails to read back as a number
+/// (a checkpoint unreadable by its own training). `null`, which earlier aula
+/// versions wrote, reads back as NaN.
+mod json_floats {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(values: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(values.iter().map(|&v| match v {
+            v if v.is_finite() => Value::from(v),
+            v if v.is_nan() => Value::from("NaN"),
+            v if v > 0.0 => Value::from("Infinity"),
+            _ => Value::from("-Infinity"),
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Vec::<Value>::deserialize(d)?
+            .into_iter()
+            .map(|v| match v {
+                Value::Number(n) => n.as_f64().ok_or_else(|| D::Error::custom(format!("{n} is not a float"))),
+                Value::Null => Ok(f64::NAN),
+                Value::String(s) if s == "NaN" => Ok(f64::NAN),
+                Value::String(s) if s == "Infinity" => Ok(f64::INFINITY),
+                Value::String(s) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
+                other => Err(D::Error::custom(format!("expected a number, \"NaN\" or \"Infinity\", found {other}"))),
+            })
+            .collect()
+    }
 }
 
 impl History {
@@ -191,6 +228,7 @@ impl Sequential {
             for i in (0..n).step_by(batch_size as usize) {
                 let idx = order.narrow(0, i, batch_size.min(n - i));
                 let (loss, acc) = self.train_step(&x.index_select(0, &idx), &y.index_select(0, &idx))?;
+                terminate_on_nan(loss, epoch, i as usize / batch_size as usize + 1, "")?;
                 let size = idx.size()[0] as f64;
                 loss_sum += loss * size;
                 acc_sum += acc * size;
@@ -218,6 +256,21 @@ impl Sequential {
         }
         Ok((binary_crossentropy(&p, &y).double_value(&[]), binary_accuracy(&p, &y)))
     }
+}
+
+/// Keras's `TerminateOnNaN`: a loss that is NaN or infinite stops the training
+/// at that batch, since the weights it updated are no longer usable. `kept`
+/// says what survives (a checkpoint), when something does.
+pub(crate) fn terminate_on_nan(loss: f64, epoch: usize, batch: usize, kept: &str) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    bail!(
+        "the loss became {loss} at epoch {epoch}, batch {batch}: training stopped (as Keras's TerminateOnNaN), \
+         since the weights are no longer usable. {kept}{}Usual causes: a learning rate too large, or images \
+         not rescaled (rescale=1./255) or containing NaN",
+        if kept.is_empty() { "" } else { ". " }
+    )
 }
 
 static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -252,5 +305,27 @@ mod tests {
         let differ = history.loss.iter().zip(&back.loss).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert_eq!(differ, 0, "{differ} of 2000 losses changed");
         assert_eq!(back, history);
+    }
+
+    /// A NaN loss used to be written as `null` and made the checkpoint unreadable.
+    #[test]
+    fn non_finite_values_are_stored_and_read_back() {
+        let history = History {
+            loss: vec![0.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY],
+            acc: vec![0.5; 4],
+            val_loss: vec![],
+            val_acc: vec![],
+        };
+        let json = serde_json::to_string(&history).unwrap();
+        assert!(json.contains("\"NaN\"") && json.contains("\"-Infinity\""), "{json}");
+        let back: History = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.loss[0], 0.5);
+        assert!(back.loss[1].is_nan());
+        assert_eq!(back.loss[2..], [f64::INFINITY, f64::NEG_INFINITY]);
+        // What earlier versions wrote.
+        let old: History = serde_json::from_str(r#"{"loss": [null, 1.0], "acc": [0.5, 0.5], "val_loss": [], "val_acc": []}"#).unwrap();
+        assert!(old.loss[0].is_nan() && old.loss[1] == 1.0);
+        let err = serde_json::from_str::<History>(r#"{"loss": [true], "acc": []}"#).unwrap_err().to_string();
+        assert!(err.contains("expected a number"), "{err}");
     }
 }

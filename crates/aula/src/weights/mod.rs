@@ -47,6 +47,9 @@ impl From<&str> for Weights {
 
 /// Reads a weights file, choosing the format by its first bytes, not its name.
 pub fn read_weights_file(path: &Path) -> Result<NamedTensors> {
+    if path.is_dir() {
+        bail!("{} is a folder, not a weights file: give the path of the file itself", path.display());
+    }
     let mut magic = [0u8; 8];
     {
         use std::io::Read;
@@ -57,8 +60,17 @@ pub fn read_weights_file(path: &Path) -> Result<NamedTensors> {
             bail!("weights file {} is truncated ({n} bytes)", path.display());
         }
     }
+    let named = |ext: &[&str]| path.extension().is_some_and(|e| ext.iter().any(|x| e == *x));
     if &magic == b"\x89HDF\r\n\x1a\n" {
         read_keras_h5(path)
+    } else if named(&["h5", "hdf5", "keras"]) {
+        // The name says HDF5 but the bytes do not: say so rather than "unknown format".
+        bail!(
+            "{} is named like a Keras HDF5 file but is not one: it does not start with HDF5's signature \
+             (it starts with {:?}). It may be an incomplete download or a renamed file",
+            path.display(),
+            String::from_utf8_lossy(&magic)
+        )
     } else if path.extension().is_some_and(|e| e == "safetensors") {
         read_safetensors(path)
     } else if path.extension().is_some_and(|e| e == "pth" || e == "pt") {
