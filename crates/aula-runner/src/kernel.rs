@@ -132,6 +132,8 @@ pub struct Kernel {
     rx: mpsc::UnboundedReceiver<Event>,
     open_readers: usize,
     readers: Vec<JoinHandle<()>>,
+    /// This kernel's entry for the signal handler ([`abandon_all`]).
+    _live: LiveKernel,
     dir: tempfile::TempDir,
     /// `kernel_info_reply`'s content.
     pub info: Value,
@@ -161,6 +163,7 @@ impl Kernel {
             .prefix("aula-kernel-")
             .tempdir()
             .map_err(|e| setup(format!("cannot create a runtime folder: {e}")))?;
+        let live = LiveKernel::register(dir.path());
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (ports, listeners) = jzc::peek_ports_with_listeners(ip, 5)
             .await
@@ -224,6 +227,7 @@ impl Kernel {
         drop(listeners);
         let mut child = child;
         let pid = child.id().map(|p| p as i32);
+        live.set_group(pid);
         let session = uuid::Uuid::new_v4().to_string();
 
         // Wait for the kernel to listen, then connect. A kernel that exits, or takes too
@@ -283,6 +287,7 @@ impl Kernel {
             rx,
             open_readers: readers.len(),
             readers,
+            _live: live,
             dir,
             info: Value::Null,
             warnings: Vec::new(),
@@ -634,6 +639,52 @@ impl Kernel {
             Some(s) => describe_status(s),
             None => "it stopped answering".into(),
         }
+    }
+}
+
+/// The kernels this process has started and not yet dropped: their runtime folders
+/// (connection file with the HMAC key, log) and process groups. A runner stopped by a
+/// signal runs no destructor, so the handler calls [`abandon_all`] instead.
+static LIVE: std::sync::Mutex<Vec<(PathBuf, Option<i32>)>> = std::sync::Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Option<i32>)>> {
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A kernel's entry in [`LIVE`], removed when the kernel (or a failed start) is dropped.
+struct LiveKernel(PathBuf);
+
+impl LiveKernel {
+    fn register(dir: &Path) -> LiveKernel {
+        live().push((dir.to_path_buf(), None));
+        LiveKernel(dir.to_path_buf())
+    }
+
+    fn set_group(&self, pid: Option<i32>) {
+        if let Some(entry) = live().iter_mut().find(|(d, _)| *d == self.0) {
+            entry.1 = pid;
+        }
+    }
+}
+
+impl Drop for LiveKernel {
+    fn drop(&mut self) {
+        live().retain(|(d, _)| *d != self.0);
+    }
+}
+
+/// For a runner stopped by SIGINT/SIGTERM/SIGHUP: kills every kernel's process group
+/// and removes its runtime folder, which its destructor would have done.
+pub fn abandon_all() {
+    for (dir, pid) in live().drain(..) {
+        #[cfg(unix)]
+        if let Some(pid) = pid {
+            // SAFETY: kill(2) on a process group this runner created and still owns.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

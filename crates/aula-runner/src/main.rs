@@ -75,8 +75,37 @@ fn seconds(name: &str, secs: f64) -> Result<Duration, String> {
     }
 }
 
+/// Ctrl-C, `kill` or a closed terminal: the kernels' process groups are killed and their
+/// runtime folders (connection files with their keys) removed before the runner exits
+/// with 128 + the signal, as a shell reports it. Notebooks are written atomically, so
+/// none is left half-written.
+fn exit_cleanly_on_signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a signal runtime");
+        rt.block_on(async {
+            let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return; // the default actions stay: the kernels still die with the runner
+            };
+            let code = tokio::select! {
+                _ = int.recv() => 128 + libc::SIGINT,
+                _ = term.recv() => 128 + libc::SIGTERM,
+                _ = hup.recv() => 128 + libc::SIGHUP,
+            };
+            eprintln!("aula-runner: stopped by a signal; kernels stopped, their files removed");
+            aula_runner::kernel::abandon_all();
+            std::process::exit(code);
+        });
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    exit_cleanly_on_signals();
     let (mode, args) = match cli.command {
         Command::Clase(a) => (Mode::Clase, a),
         Command::Instructor(a) => (Mode::Instructor, a),

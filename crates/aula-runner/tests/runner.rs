@@ -229,6 +229,59 @@ fn a_cell_past_the_timeout_is_interrupted_and_reported() {
     );
 }
 
+/// Ctrl-C or `kill` on the runner: its kernel goes too, and so do the kernel's
+/// runtime folder and connection file (they hold the kernel's HMAC key).
+#[test]
+fn a_runner_stopped_by_a_signal_leaves_no_kernel_and_no_connection_file() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let f = Fixture::new();
+        f.notebook(
+            "slow.ipynb",
+            &notebook(vec![code(
+                "import os, time\nopen('started', 'w').write(str(os.getpid()))\ntime.sleep(100)",
+            )]),
+        );
+        let tmp = f.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let tmp_str = tmp.to_str().unwrap();
+        let runner = f
+            .command(&["clase", "slow.ipynb", "--no-html"], &[("TMPDIR", tmp_str)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = f.path().join("started");
+        let t0 = Instant::now();
+        while std::fs::read_to_string(&started).map_or(true, |s| s.is_empty()) {
+            assert!(t0.elapsed().as_secs() < 120, "the cell never started");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let kernel_pid: i32 = std::fs::read_to_string(&started).unwrap().trim().parse().unwrap();
+        let runtime_dirs = || {
+            std::fs::read_dir(&tmp)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("aula-kernel-"))
+                .count()
+        };
+        assert_eq!(runtime_dirs(), 1, "the kernel's runtime folder is in TMPDIR");
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(runner.id() as i32, signal) };
+        let out = runner.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(128 + signal), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(runtime_dirs(), 0, "connection file left behind after signal {signal}");
+        let t0 = Instant::now();
+        while std::path::Path::new(&format!("/proc/{kernel_pid}")).exists() {
+            let state = std::fs::read_to_string(format!("/proc/{kernel_pid}/stat")).unwrap_or_default();
+            if state.contains(") Z") {
+                break; // dead, waiting to be reaped
+            }
+            assert!(t0.elapsed().as_secs() < 10, "the kernel outlived the runner");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn a_kernel_that_dies_mid_run_is_reported_with_the_cell() {
     let f = Fixture::new();

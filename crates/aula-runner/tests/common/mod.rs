@@ -99,6 +99,12 @@ impl Fixture {
     }
 
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let output = self.command(args, env).output().expect("aula-runner runs");
+        Run::from(output)
+    }
+
+    /// The `aula-runner <args>` command of [`Fixture::run_env`], not started.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aula-runner"));
         cmd.args(args);
         if !args.contains(&"--out") && !matches!(args.first(), Some(&"kernels")) {
@@ -113,8 +119,7 @@ impl Fixture {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let output = cmd.output().expect("aula-runner runs");
-        Run::from(output)
+        cmd
     }
 }
 
