@@ -81,7 +81,10 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     // File order (not the generator's shuffled order): features[i] is filenames()[i].
     let order: Vec<usize> = (0..n).collect();
-    for indices in order.chunks(generator.batch_size()) {
+    for (i, indices) in order.chunks(generator.batch_size()).enumerate() {
+        crate::interrupt::check(|| {
+            format!("extracción de características interrumpida tras {} de {n} imágenes: no se guarda nada; ejecutar otra vez la celda empieza de nuevo.", i * generator.batch_size())
+        })?;
         let (x, y) = generator.load_batch(indices)?;
         // NCHW → Keras's (N, H, W, C), the order Flatten uses.
         let maps = conv_base.forward_t(&x, false).permute([0, 2, 3, 1]).to_device(Device::Cpu).contiguous();

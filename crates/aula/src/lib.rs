@@ -18,6 +18,7 @@ pub mod data;
 pub mod device;
 pub mod display;
 pub mod features;
+pub mod interrupt;
 pub mod metrics;
 pub mod model;
 pub mod paths;

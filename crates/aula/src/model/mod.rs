@@ -358,6 +358,8 @@ pub struct Sequential {
     /// The class folders `fit_generator` trained on (Keras's `class_indices`):
     /// predicting on folders named otherwise would read the labels swapped.
     pub(crate) class_indices: Option<Vec<(String, usize)>>,
+    /// Keras's `model.history`: see [`Sequential::history`].
+    pub(crate) history: Option<crate::train::History>,
 }
 
 impl Default for Sequential {
@@ -377,7 +379,15 @@ impl Sequential {
             channels_last: true,
             compiled: None,
             class_indices: None,
+            history: None,
         }
+    }
+
+    /// The history of the last `fit` / `fit_generator` (Keras's `model.history`),
+    /// updated after every epoch: when a training is interrupted, its complete
+    /// epochs are here (the call itself returned an error, not a `History`).
+    pub fn history(&self) -> Option<&crate::train::History> {
+        self.history.as_ref()
     }
 
     /// Adds a layer (`Dense(256).activation("relu")`, `Dropout(0.5)`, `Flatten()`,

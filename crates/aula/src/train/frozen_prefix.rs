@@ -98,7 +98,8 @@ fn compute(model: &Sequential, images: &DirectoryIterator, len: usize, what: &st
     let order: Vec<usize> = (0..n).collect();
     let mut outputs = Vec::new();
     let mut bar = crate::progress::Progress::new(n as u64, what, "images");
-    for indices in order.chunks(images.batch_size()) {
+    for (i, indices) in order.chunks(images.batch_size()).enumerate() {
+        crate::interrupt::check(|| format!("cálculo de las capas congeladas interrumpido tras {} de {n} imágenes: ejecutar otra vez la celda empieza de nuevo.", i * images.batch_size()))?;
         let (x, _) = images.load_batch(indices)?;
         let out = model.forward_leaves(&x, 0..len);
         if outputs.is_empty() && (out.numel() / indices.len()) as i64 * 4 * n as i64 > CACHE_LIMIT_BYTES {

@@ -4,7 +4,8 @@
 
 use super::checkpoint::{model_fingerprint, Checkpoint, FolderLock};
 use super::frozen_prefix::{loss_and_accuracy, FrozenPrefixCache};
-use super::{current_seed, terminate_on_nan, History};
+use super::{current_seed, interrupted, terminate_on_nan, History};
+use crate::interrupt::{check, Interrupted};
 use crate::data::DirectoryIterator;
 use crate::model::Sequential;
 use anyhow::{bail, Result};
@@ -120,6 +121,7 @@ impl Sequential {
         }
 
         self.class_indices = Some(generator.class_indices().to_vec());
+        self.history = Some(state.history.clone());
         let mut validation_cache: Option<FrozenPrefixCache> = None;
         for epoch in state.epochs_done..epochs {
             let start = Instant::now();
@@ -130,6 +132,7 @@ impl Sequential {
             let (mut loss_sum, mut acc_sum, mut seen) = (0.0, 0.0, 0.0);
             let mut batch = generator.next_batch()?;
             for step in 0..steps_per_epoch {
+                check(|| interrupted(epoch + 1, epochs, &format!("tras {step} de {steps_per_epoch} lotes"), state.epochs_done, checkpoints))?;
                 // The next batch is decoded and augmented on another thread while
                 // this one trains (the same images and transforms as without).
                 let next_indices = (step + 1 < steps_per_epoch).then(|| generator.next_indices());
@@ -164,12 +167,19 @@ impl Sequential {
             let mut line = format!("loss: {loss:.4} - acc: {acc:.4}");
             if let Some(val) = validation_data.as_deref_mut() {
                 val.seek_batch((epoch * validation_steps) as u64);
+                // An interrupt here (an inner loop's) stops the training in this epoch's validation.
+                let in_validation = |e: anyhow::Error| match e.downcast_ref::<Interrupted>() {
+                    Some(_) => anyhow::Error::from(Interrupted {
+                        message: interrupted(epoch + 1, epochs, "durante la validación", state.epochs_done, checkpoints),
+                    }),
+                    None => e,
+                };
                 if validation_cache.is_none() {
-                    validation_cache = FrozenPrefixCache::build(self, val)?;
+                    validation_cache = FrozenPrefixCache::build(self, val).map_err(in_validation)?;
                 }
                 let (val_loss, val_acc) = match &validation_cache {
                     Some(cache) => cache.evaluate(self, val, validation_steps),
-                    None => self.evaluate_generator(val, validation_steps)?,
+                    None => self.evaluate_generator(val, validation_steps).map_err(in_validation)?,
                 };
                 state.history.val_loss.push(val_loss);
                 state.history.val_acc.push(val_acc);
@@ -185,6 +195,7 @@ impl Sequential {
             if let Some(dir) = checkpoints {
                 state.save(dir, self)?;
             }
+            self.history = Some(state.history.clone());
         }
         Ok(state.history)
     }
@@ -216,7 +227,8 @@ impl Sequential {
         }
         let _guard = tch::no_grad_guard();
         let (mut ps, mut ys) = (Vec::new(), Vec::new());
-        for _ in 0..steps {
+        for step in 0..steps {
+            check(|| format!("predicción interrumpida tras {step} de {steps} lotes: no hay resultado; ejecutar otra vez la celda empieza de nuevo."))?;
             let (x, y) = generator.next_batch()?;
             ps.push(self.forward_t(&x, false).to_device(Device::Cpu).view([-1]));
             ys.push(y);

@@ -221,11 +221,15 @@ impl Sequential {
             None => format!("Train on {n} samples"),
         };
         println!("{label}");
+        self.history = Some(history.clone());
+        let steps = (n as usize).div_ceil(batch_size as usize);
         for epoch in 1..=epochs {
             let start = Instant::now();
             let order = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
             let (mut loss_sum, mut acc_sum) = (0.0, 0.0);
             for i in (0..n).step_by(batch_size as usize) {
+                let done = i as usize / batch_size as usize;
+                crate::interrupt::check(|| interrupted(epoch, epochs, &format!("tras {done} de {steps} lotes"), history.epochs(), None))?;
                 let idx = order.narrow(0, i, batch_size.min(n - i));
                 let (loss, acc) = self.train_step(&x.index_select(0, &idx), &y.index_select(0, &idx))?;
                 terminate_on_nan(loss, epoch, i as usize / batch_size as usize + 1, "")?;
@@ -243,6 +247,7 @@ impl Sequential {
                 line.push_str(&format!(" - val_loss: {val_loss:.4} - val_acc: {val_acc:.4}"));
             }
             println!("Epoch {epoch}/{epochs}\n{n}/{n} - {:.1}s - {line}", start.elapsed().as_secs_f64());
+            self.history = Some(history.clone());
         }
         Ok(history)
     }
@@ -271,6 +276,37 @@ pub(crate) fn terminate_on_nan(loss: f64, epoch: usize, batch: usize, kept: &str
          not rescaled (rescale=1./255) or containing NaN",
         if kept.is_empty() { "" } else { ". " }
     )
+}
+
+/// What a training stopped by an interrupt says (Spanish: the student reads it
+/// in the notebook). `at`: where in epoch `epoch` it stopped; `checkpoints`:
+/// the folder of `fit_generator_with_checkpoints`, whose last complete epoch
+/// a rerun of the cell continues from (a half epoch is never saved).
+pub(crate) fn interrupted(epoch: usize, epochs: usize, at: &str, complete: usize, checkpoints: Option<&Path>) -> String {
+    let done = complete;
+    let complete = match done {
+        0 => "aún ninguna época completa".to_string(),
+        1 => "la época completa (1)".to_string(),
+        k => format!("las {k} épocas completas"),
+    };
+    let mut text = format!(
+        "entrenamiento interrumpido en la época {epoch}/{epochs}, {at}: el modelo conserva los pesos de ese \
+         momento; su `history()` tiene {complete} (`let history = model.history().unwrap().clone();`)."
+    );
+    match checkpoints {
+        Some(dir) if done > 0 => text.push_str(&format!(
+            " El punto de control de la época {} sigue en {}: ejecutar otra vez la celda continúa desde él.",
+            done,
+            dir.display()
+        )),
+        Some(dir) => text.push_str(&format!(
+            " En {} no hay aún ninguna época guardada: ejecutar otra vez la celda entrena desde los pesos \
+             actuales; para empezar de cero, crea el modelo de nuevo.",
+            dir.display()
+        )),
+        None => {}
+    }
+    text
 }
 
 static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
