@@ -67,6 +67,42 @@ pub(crate) fn check(message: impl FnOnce() -> String) -> anyhow::Result<()> {
     Err(Interrupted { message: message() }.into())
 }
 
+/// Held while one of aula's loops runs: in the kernel, the file
+/// `$AULA_INTERRUPT_FILE.loop` exists meanwhile, so the proxy knows the cell
+/// will stop by itself at the next batch boundary (however long a batch takes
+/// on this machine) and does not fall back to killing it after a few seconds.
+pub(crate) struct Running(());
+
+static DEPTH: AtomicUsize = AtomicUsize::new(0);
+
+fn loop_marker() -> Option<std::ffi::OsString> {
+    std::env::var_os(FLAG_FILE_VAR).map(|mut path| {
+        path.push(".loop");
+        path
+    })
+}
+
+impl Running {
+    pub(crate) fn start() -> Running {
+        if DEPTH.fetch_add(1, Ordering::SeqCst) == 0 {
+            if let Some(marker) = loop_marker() {
+                let _ = std::fs::write(marker, b"");
+            }
+        }
+        Running(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if DEPTH.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(marker) = loop_marker() {
+                let _ = std::fs::remove_file(marker);
+            }
+        }
+    }
+}
+
 /// A loop stopped by an interrupt (see the module). `downcast_ref::<Interrupted>()`
 /// tells it from other errors.
 #[derive(Debug, Clone)]

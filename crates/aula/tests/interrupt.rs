@@ -209,22 +209,39 @@ fn extraction_and_prediction_stop_and_store_nothing() {
     assert_eq!(p.size(), [16]);
 }
 
-/// The kernel's flag: a file named by AULA_INTERRUPT_FILE, removed by the loop it stops.
+/// The kernel's flag: a file named by AULA_INTERRUPT_FILE, raised from another thread while
+/// a training runs (as the kernel's proxy does) and removed by the loop it stops; meanwhile
+/// `<flag>.loop` says an aula loop is running.
 #[test]
-fn the_kernels_flag_file_stops_a_loop_and_is_removed() {
+fn the_kernels_flag_file_stops_a_running_loop_and_is_removed() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let flag = tmp.path().join("aula-interrupt");
+    let marker = tmp.path().join("aula-interrupt.loop");
     std::env::set_var(aula::interrupt::FLAG_FILE_VAR, &flag);
-    let y = Tensor::arange(20, (Kind::Float, Device::Cpu)).remainder(2);
-    let x = Tensor::randn([20, 16], (Kind::Float, Device::Cpu));
-    let mut model = head();
     assert!(!aula::interrupt::requested());
+    let training = std::thread::spawn(|| {
+        let y = Tensor::arange(200, (Kind::Float, Device::Cpu)).remainder(2);
+        let x = Tensor::randn([200, 16], (Kind::Float, Device::Cpu));
+        let mut model = head();
+        let result = model.fit(&x, &y, 100_000, 10, None);
+        (result, model.history().cloned(), model.fit(&x, &y, 2, 10, None))
+    });
+    let start = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(start.elapsed().as_secs() < 30 && !training.is_finished(), "no {} while fit runs", marker.display());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
     std::fs::write(&flag, "").unwrap();
-    assert!(aula::interrupt::requested());
-    let message = interrupted(&model.fit(&x, &y, 2, 10, None).unwrap_err());
-    assert!(message.contains("época 1/2, tras 0 de 2 lotes") && message.contains("aún ninguna época completa"), "{message}");
+    let stopped = std::time::Instant::now();
+    let (result, history, next) = training.join().unwrap();
+    let message = interrupted(&result.unwrap_err());
+    assert!(stopped.elapsed().as_secs_f64() < 1.0, "took {:?} to stop", stopped.elapsed());
+    let epochs = history.unwrap().epochs();
+    assert!(message.contains(&format!("en la época {}/100000, tras ", epochs + 1)), "{message}");
     assert!(!flag.exists(), "the stop lowers the flag");
-    assert_eq!(model.fit(&x, &y, 2, 10, None).unwrap().epochs(), 2);
+    assert_eq!(next.unwrap().epochs(), 2, "the next training runs");
+    assert!(!marker.exists(), "{} left behind", marker.display());
     std::env::remove_var(aula::interrupt::FLAG_FILE_VAR);
 }

@@ -94,6 +94,7 @@ fn frozen_len(model: &Sequential, images: &DirectoryIterator) -> Option<usize> {
 /// Runs the first `len` layers over every image, in file order.
 fn compute(model: &Sequential, images: &DirectoryIterator, len: usize, what: &str) -> Result<Option<FrozenPrefixCache>> {
     let _guard = tch::no_grad_guard();
+    let _running = crate::interrupt::Running::start();
     let n = images.samples();
     let order: Vec<usize> = (0..n).collect();
     let mut outputs = Vec::new();

@@ -123,6 +123,7 @@ impl Sequential {
         self.class_indices = Some(generator.class_indices().to_vec());
         self.history = Some(state.history.clone());
         let mut validation_cache: Option<FrozenPrefixCache> = None;
+        let _running = crate::interrupt::Running::start();
         for epoch in state.epochs_done..epochs {
             let start = Instant::now();
             tch::manual_seed(epoch_seed(seed, epoch));
@@ -226,6 +227,7 @@ impl Sequential {
             }
         }
         let _guard = tch::no_grad_guard();
+        let _running = crate::interrupt::Running::start();
         let (mut ps, mut ys) = (Vec::new(), Vec::new());
         for step in 0..steps {
             check(|| format!("predicción interrumpida tras {step} de {steps} lotes: no hay resultado; ejecutar otra vez la celda empieza de nuevo."))?;

@@ -216,6 +216,7 @@ impl Sequential {
             eprintln!("warning: trainable flags changed after compile(); they take effect when you compile() again");
         }
         let mut history = History::default();
+        let _running = crate::interrupt::Running::start();
         let label = match validation_data {
             Some((xv, _)) => format!("Train on {n} samples, validate on {} samples", xv.size()[0]),
             None => format!("Train on {n} samples"),
