@@ -92,6 +92,8 @@ test: setup kernel
 	  --timeout 1800 --startup-timeout 900
 	# 4 kernels at once on the first notebook; every notebook under jupyter nbconvert --execute.
 	bash kernel/tests/notebooks.sh $(OUT)/test-notebooks
+	# Interrupts keep the variables (aula's loops stop at the next batch); the kill fallback.
+	bash kernel/tests/interrupt.sh $(OUT)/test-interrupt
 
 $(BENCH_PY):
 	bash scripts/setup-bench-venv.sh

@@ -143,14 +143,14 @@ export PATH=$CARGO_BIN_DIR:$PATH
 case "$mode" in
   in-place)
     mkdir -p "$dir"
-    export EVCXR_TMPDIR=$dir
+    export EVCXR_TMPDIR=$dir AULA_INTERRUPT_FILE=$dir/aula-interrupt
     env -0 "${env_args[@]}" > "$dir.env0"   # install.sh pins build-env from it
     exec env "${env_args[@]}" "$EVCXR_JUPYTER" --control_file "$connection_file"
     ;;
   private)
     mkdir -p "$dir"
     ( flock -s 8; "$here/copy-template.sh" "$home/template" "$dir" ) 8< "$home/template.lock"
-    export EVCXR_TMPDIR=$dir
+    export EVCXR_TMPDIR=$dir AULA_INTERRUPT_FILE=$dir/aula-interrupt
     exec env "${env_args[@]}" "$EVCXR_JUPYTER" --control_file "$connection_file"
     ;;
 esac
@@ -186,5 +186,8 @@ setsid -f bash -c 'flock -x "$1" true; rm -rf "$2" "$1"' aula-kernel-reaper "$lo
   "$here/copy-template.sh" "$home/template" "$private"
 ) 8< "$home/template.lock"
 
-export EVCXR_TMPDIR=$private
-exec env "${env_args[@]}" "$EVCXR_JUPYTER" --control_file "$connection_file"
+# aula's loops stop at the next batch when AULA_INTERRUPT_FILE appears: the proxy creates it when
+# Jupyter asks for an interrupt (evcxr's own interrupt kills the process holding the variables).
+export EVCXR_TMPDIR=$private AULA_INTERRUPT_FILE=$private/aula-interrupt
+# Behind the proxy (as warm kernels are), which starts evcxr on local ports of its own.
+exec "$POOL_PYTHON" "$here/proxy.py" "$connection_file" "$private" env "${env_args[@]}" "$EVCXR_JUPYTER" --control_file

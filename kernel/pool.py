@@ -16,7 +16,8 @@ How (kernel/launch.sh calls this; see kernel/README.md):
   serve HOME KEY CONNECTION_FILE LAUNCH   (exec'd by the launcher, so Jupyter's kernel process
       is this proxy) claims a ready spare and forwards the five Jupyter channels between the
       client's ports (CONNECTION_FILE, signed with its key) and the spare's (unsigned, on
-      127.0.0.1); with no spare ready it execs `LAUNCH --cold` instead.
+      127.0.0.1) with proxy.py, which also turns interrupts into aula's stop flag; with no
+      spare ready it execs `LAUNCH --cold` instead (behind the same proxy).
 
 KEY is a hash of the template, the kernel configuration, the working directory and the
 environment (less per-launch noise such as JPY_*): a spare only serves a kernel that would
@@ -25,22 +26,17 @@ a shared lock on the spare's claim.lock, which the supervisor waits for before i
 spare and deletes its directory.
 """
 
-import errno
 import fcntl
-import hashlib
-import hmac
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-DELIM = b"<IDS|MSG>"
-
+import proxy  # (kernel/proxy.py, next to this file)
 
 def log(*a):
     print("aula-pool:", *a, file=sys.stderr, flush=True)
@@ -53,7 +49,7 @@ def pool_dirs(home):
     return pool, ready
 
 
-def alive(pid):
+def alive_pid(pid):
     try:
         os.kill(pid, 0)
         return True
@@ -80,27 +76,6 @@ def fingerprint(home):
 
 
 # --------------------------------------------------------------------------------- refill
-def free_ports(n):
-    """Free ports below Linux's ephemeral range (32768-60999), where Jupyter clients pick theirs
-    (bind to port 0): a port a client has chosen for a kernel that has not bound it yet (our
-    launcher copies the template first) is never given to a spare."""
-    import random
-    ports = []
-    while len(ports) < n:
-        p = random.randrange(20000, 32000)
-        if p in ports:
-            continue
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", p))
-            ports.append(p)
-        except OSError:
-            pass
-        finally:
-            s.close()
-    return ports
-
-
 def kill_group(pgid):
     for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
         try:
@@ -178,7 +153,7 @@ def refill(home, key, launch):
             except OSError:
                 continue
             pid = read_int(os.path.join(d, "pid"))
-            if pid and alive(pid):
+            if pid and alive_pid(pid):
                 keys.append(k)
     if keys.count(key) >= want or len(keys) >= int(os.environ.get("AULA_KERNEL_POOL_MAX", "2")):
         return 0
@@ -193,13 +168,8 @@ def refill(home, key, launch):
         with open(os.path.join(spare, name), "w") as f:
             f.write(text)
     open(os.path.join(spare, "claim.lock"), "w").close()
-    ports = free_ports(5)
-    conn = {"ip": "127.0.0.1", "transport": "tcp", "key": "", "signature_scheme": "hmac-sha256",
-            "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
-            "control_port": ports[3], "hb_port": ports[4], "kernel_name": "aula"}
     conn_file = os.path.join(spare, "connection.json")
-    with open(conn_file, "w") as f:
-        json.dump(conn, f)
+    proxy.back_connection(conn_file)
     out = open(os.path.join(spare, "log"), "w")
     proc = subprocess.Popen([launch, "--private", os.path.join(spare, "tmp"), home, conn_file],
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -292,27 +262,10 @@ def claim(home, key):
             lock.close()
             continue
         pid = read_int(os.path.join(spare, "pid"))
-        if pid and alive(pid):
+        if pid and alive_pid(pid):
             return spare, lock
         lock.close()
     return None, None
-
-
-def sign(key, parts):
-    if not key:
-        return b""
-    h = hmac.new(key, digestmod=hashlib.sha256)
-    for p in parts:
-        h.update(p)
-    return h.hexdigest().encode()
-
-
-def split(frames):
-    try:
-        i = frames.index(DELIM)
-    except ValueError:
-        return None
-    return frames[:i], frames[i + 1], frames[i + 2:]
 
 
 def serve(home, key, conn_file, launch):
@@ -338,136 +291,23 @@ def serve(home, key, conn_file, launch):
         os.setpriority(os.PRIO_PGRP, pid, 0)
     except (OSError, TypeError):
         pass
-    fkey = front.get("key", "").encode()
     if front.get("signature_scheme", "hmac-sha256") not in ("hmac-sha256", ""):
         log(f"unsupported signature scheme {front['signature_scheme']}")
         sys.exit(1)
 
+    # The client's ports are bound first: its connections (and iopub subscription) are made
+    # while we check the spare; its first requests wait in the sockets meanwhile.
     ctx = zmq.Context()
-
-    def faddr(port):
-        if front.get("transport", "tcp") == "ipc":
-            return f"ipc://{front['ip']}-{front[port]}"
-        return f"tcp://{front['ip']}:{front[port]}"
-
-    def baddr(port):
-        return f"tcp://{back['ip']}:{back[port]}"
-
-    ident = ("aula-proxy-" + secrets.token_hex(4)).encode()
-    b_shell = ctx.socket(zmq.DEALER)
-    b_shell.setsockopt(zmq.IDENTITY, ident)  # evcxr routes input_request to this identity on stdin
-    b_stdin = ctx.socket(zmq.DEALER)
-    b_stdin.setsockopt(zmq.IDENTITY, ident)
-    b_control = ctx.socket(zmq.DEALER)
-    b_iopub = ctx.socket(zmq.SUB)
-    b_iopub.setsockopt(zmq.SUBSCRIBE, b"")
-    for s, p in ((b_shell, "shell_port"), (b_stdin, "stdin_port"), (b_control, "control_port"),
-                 (b_iopub, "iopub_port")):
-        s.setsockopt(zmq.LINGER, 1000)
-        s.connect(baddr(p))
-
-    # The client's ports first: its connections (and iopub subscription) are made while we
-    # check the spare; its first requests wait in the sockets meanwhile.
-    f_shell = ctx.socket(zmq.ROUTER)
-    f_stdin = ctx.socket(zmq.ROUTER)
-    f_control = ctx.socket(zmq.ROUTER)
-    f_iopub = ctx.socket(zmq.PUB)
-    f_hb = ctx.socket(zmq.ROUTER)
-    for s, p in ((f_shell, "shell_port"), (f_stdin, "stdin_port"), (f_control, "control_port"),
-                 (f_iopub, "iopub_port"), (f_hb, "hb_port")):
-        s.setsockopt(zmq.LINGER, 1000)
-        s.bind(faddr(p))
-
-    # Handshake: a kernel_info of our own until its iopub status arrives, so that no output
-    # of the client's requests is lost while the subscription is being set up.
-    deadline = time.time() + 30
-    ok = False
-    sent = set()
-    while time.time() < deadline and not ok:
-        msg_id = secrets.token_hex(8)
-        sent.add(msg_id)
-        header = json.dumps({"msg_id": msg_id, "msg_type": "kernel_info_request", "username": "aula",
-                             "session": "aula-proxy", "date": "", "version": "5.3"}).encode()
-        b_shell.send_multipart([DELIM, b"", header, b"{}", b"{}", b"{}"])
-        t = time.time()
-        while time.time() - t < 0.1 and not ok:
-            if b_iopub.poll(20):
-                parts = split(b_iopub.recv_multipart())
-                if parts and len(parts[2]) >= 2 and json.loads(parts[2][1] or b"{}").get("msg_id") in sent:
-                    ok = True
-            while b_shell.poll(0):
-                b_shell.recv_multipart()  # our kernel_info_reply
-    if not ok:
+    f, b = proxy.connect(ctx, front, back)
+    alive = lambda: bool(pid) and alive_pid(pid)  # noqa: E731
+    if not proxy.handshake(f, b, alive, deadline=time.time() + 30):
         log(f"spare {spare} does not answer; starting a kernel the slow way")
         ctx.destroy(linger=0)  # the client's ports, for the cold kernel to bind
         lock.close()
         os.execv(launch, [launch, "--cold", home, conn_file])
-    time.sleep(0.05)
-    while b_shell.poll(50):
-        b_shell.recv_multipart()
-    while b_iopub.poll(0):
-        b_iopub.recv_multipart()
-
-
-    def to_back(frames, sock):
-        parts = split(frames)
-        if parts is None:
-            return
-        ids, sig, jparts = parts
-        if fkey and not hmac.compare_digest(sign(fkey, jparts), sig):
-            log("dropping a message with a bad signature")
-            return
-        sock.send_multipart(ids + [DELIM, b""] + jparts)
-
-    shutting_down = [False]
-
-    def to_front(frames, sock):
-        parts = split(frames)
-        if parts is None:
-            return
-        ids, _sig, jparts = parts
-        if sock is f_control and jparts:
-            try:
-                if json.loads(jparts[0]).get("msg_type") == "shutdown_reply":
-                    shutting_down[0] = True
-            except ValueError:
-                pass
-        sock.send_multipart(ids + [DELIM, sign(fkey, jparts)] + jparts)
-
-    routes = {
-        f_shell: lambda m: to_back(m, b_shell),
-        f_stdin: lambda m: to_back(m, b_stdin),
-        f_control: lambda m: to_back(m, b_control),
-        b_shell: lambda m: to_front(m, f_shell),
-        b_stdin: lambda m: to_front(m, f_stdin),
-        b_control: lambda m: to_front(m, f_control),
-        b_iopub: lambda m: to_front(m, f_iopub),
-        # The heartbeat is answered here while evcxr lives (its own ends with the first peer
-        # that disconnects, see refill).
-        f_hb: lambda m: f_hb.send_multipart(m),
-    }
-    poller = zmq.Poller()
-    for s in routes:
-        poller.register(s, zmq.POLLIN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    last_check = time.time()
-    done_at = None
-    while True:
-        for s, _ in poller.poll(200):
-            routes[s](s.recv_multipart())
-        now = time.time()
-        if now - last_check > 0.5:
-            last_check = now
-            if not (pid and alive(pid)):
-                if done_at is None:
-                    done_at = now  # flush what is left, then go
-                elif now - done_at > 0.5:
-                    break
-            elif shutting_down[0]:
-                if done_at is None:
-                    done_at = now
-                elif now - done_at > 5:
-                    break  # evcxr replied but lingers: the supervisor kills it
+    # The spare's launcher set AULA_INTERRUPT_FILE to this for its evcxr (launch.sh --private).
+    proxy.forward(f, b, front.get("key", "").encode(), alive, os.path.join(spare, "tmp", "aula-interrupt"))
     ctx.destroy(linger=500)
     return 0
 

@@ -5,6 +5,8 @@
 #     private directory, removed after shutdown; the template is untouched.
 #  2. A cold kernel killed with SIGKILL (no shutdown at all) leaves no private directory.
 #  3. A warm kernel (from the pool) killed with SIGKILL: its evcxr process and its directory go.
+#  In 2 and 3, first: an interrupt stops an aula training and the variables survive (both go
+#  through kernel/proxy.py).
 #
 #   kernel/tests/kernel.sh [PYTHON]     (PYTHON: one with jupyter_client; default: the jupyter venv)
 #   SKIP_CONCURRENT=1 kernel/tests/kernel.sh     (tests 2 and 3 only)
@@ -37,12 +39,42 @@ def gone(pred, timeout=60):
         time.sleep(0.2)
     return pred(), time.time() - t
 
+def interrupt_keeps_variables(k, label):
+    """An interrupt stops an aula training through the proxy (kernel/README.md) and the
+    variables survive: cold and warm kernels alike (kernel/tests/interrupt.sh has more)."""
+    assert k.run("let kept = 6 * 7;").status == "ok"
+    kc = k.kc
+    msg_id = kc.execute('let mut m = Sequential::new("s"); m.add(Dense(1).activation("sigmoid").input_dim(4))?;\n'
+                        'm.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"])?;\n'
+                        'm.fit(&Tensor::randn([2000, 4], (Kind::Float, Device::Cpu)), '
+                        '&Tensor::zeros([2000], (Kind::Float, Device::Cpu)), 1_000_000, 10, None)?;')
+    time.sleep(4)
+    kc.session.send(kc.control_channel.socket, kc.session.msg("interrupt_request", {}))
+    t0 = time.time()
+    while True:
+        r = kc.get_shell_msg(timeout=60)
+        if r["parent_header"]["msg_id"] == msg_id:
+            break
+    took = time.time() - t0
+    text = ""
+    while True:
+        m = kc.get_iopub_msg(timeout=30)
+        if m["parent_header"].get("msg_id") == msg_id:
+            if m["msg_type"] == "stream":
+                text += m["content"]["text"]
+            elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                break
+    assert "entrenamiento interrumpido en la época" in text, text[-2000:]
+    assert "42" in k.run("kept").text, f"{label}: the variables did not survive the interrupt"
+    print(f"{label}: the training stopped {took:.2f} s after the interrupt; variables kept")
+
 def kill_and_check(env, label, want_pooled):
     k = Kernel(name="aula")
     k.start(timeout=300, env=env)
     with open(f"/proc/{k.pid()}/cmdline", "rb") as f:
         pooled = b"pool.py" in f.read()
     assert pooled == want_pooled, f"{label}: pooled={pooled}"
+    interrupt_keeps_variables(k, label)
     d = k.run('std::env::var("EVCXR_TMPDIR").unwrap()').text.strip().strip('"')
     evcxr = int(k.run("std::os::unix::process::parent_id()").text.strip())  # the kernel's evcxr
     assert os.path.isdir(d), d
