@@ -576,7 +576,9 @@ impl Kernel {
 
     /// Interrupts the running cell: `interrupt_request` on control for kernels whose
     /// spec says `"interrupt_mode": "message"`, SIGINT to the kernel's process group
-    /// otherwise (Jupyter's default).
+    /// otherwise (Jupyter's default). The aula kernel's proxy (kernel/proxy.py) turns the
+    /// message into aula's stop flag, so a timed-out training or extraction stops at its
+    /// next batch and the session's variables survive for the cells after it.
     pub async fn interrupt(&mut self) {
         if self.interrupt_by_message {
             let msg = stamp(InterruptRequest {}.into());
