@@ -15,7 +15,8 @@ extraction, prediction) instead look at a flag file at every batch boundary and 
   2. falls back to evcxr's kill (forwards the `interrupt_request`) when the cell has not ended
      AULA_INTERRUPT_GRACE seconds later (default 5: arbitrary code, a `loop {}`), or, while an
      aula loop runs (<flag>.loop exists: it will stop at the next batch, however long a batch
-     takes here), AULA_INTERRUPT_LOOP_GRACE seconds later (default 60).
+     takes here) the grace counts from the loop's end, up to AULA_INTERRUPT_LOOP_GRACE seconds
+     after the interrupt (default 60).
 The flag is removed when the cell ends, so a late interrupt never stops the next cell.
 
   proxy.py CONNECTION_FILE DIR COMMAND...   (launch.sh, cold kernels) starts COMMAND plus
@@ -180,6 +181,7 @@ def forward(f, b, fkey, alive, flag):
     running = None  # msg_id of the execute_request evcxr is running
     queued = []  # (ids, parts) of execute_requests held here until it is done
     interrupted_at = None  # when the running cell was asked to stop
+    kill_at = None  # when evcxr's kill comes, unless the cell has ended first
     own = set()  # msg_ids of the interrupt_requests we sent to evcxr (their replies are ours)
     shutting_down = False
 
@@ -201,7 +203,7 @@ def forward(f, b, fkey, alive, flag):
         b["shell"].send_multipart(ids + [DELIM, b""] + jparts)
 
     def from_client(name, frames):
-        nonlocal interrupted_at
+        nonlocal interrupted_at, kill_at
         parts = split(frames)
         if parts is None:
             return
@@ -220,6 +222,7 @@ def forward(f, b, fkey, alive, flag):
                 with open(flag, "w"):
                     pass
                 interrupted_at = time.time()
+                kill_at = interrupted_at + grace
                 log(f"interrupt: flag raised for {running}; {len(queued)} queued cell(s) aborted")
                 # As ipykernel: the cells queued behind an interrupted one do not run.
                 for qids, qparts in queued:
@@ -232,7 +235,7 @@ def forward(f, b, fkey, alive, flag):
             b[name].send_multipart(ids + [DELIM, b""] + jparts)
 
     def from_evcxr(name, frames):
-        nonlocal running, interrupted_at, shutting_down
+        nonlocal running, interrupted_at, kill_at, shutting_down
         parts = split(frames)
         if parts is None:
             return
@@ -244,7 +247,7 @@ def forward(f, b, fkey, alive, flag):
             shutting_down = True
         to_front(f[name], ids, jparts)
         if name == "shell" and msg_type == "execute_reply" and msg_type_of(jparts, 1)[1] == running:
-            running, interrupted_at = None, None
+            running, interrupted_at, kill_at = None, None, None
             remove(flag)
             remove(flag + ".loop")  # (left by a loop whose process was killed)
             if queued:
@@ -264,14 +267,17 @@ def forward(f, b, fkey, alive, flag):
         for s, _ in poller.poll(100):
             routes[s](s.recv_multipart())
         now = time.time()
-        if interrupted_at is not None and now - interrupted_at > grace:
-            in_loop = os.path.exists(flag + ".loop")
-            if not in_loop or now - interrupted_at > loop_grace:
+        if kill_at is not None:
+            # While aula's loop runs the grace counts from its end: the loop stops at the next
+            # batch boundary, the cell then has `grace` seconds to return.
+            if os.path.exists(flag + ".loop") and now - interrupted_at < loop_grace:
+                kill_at = now + grace
+            if now > kill_at:
                 log(f"the cell did not stop within {now - interrupted_at:.1f} s: evcxr's interrupt (it kills the process that runs the cells)")
                 h = header("interrupt_request")
                 own.add(h["msg_id"])
                 b["control"].send_multipart([DELIM, b"", json.dumps(h).encode(), b"{}", b"{}", b"{}"])
-                interrupted_at = float("inf")  # once
+                kill_at = None  # once: the cell's reply follows
         if now - last_check > 0.5:
             last_check = now
             if not alive():
