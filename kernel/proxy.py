@@ -183,6 +183,10 @@ def forward(f, b, fkey, alive, flag):
     interrupted_at = None  # when the running cell was asked to stop
     kill_at = None  # when evcxr's kill comes, unless the cell has ended first
     own = set()  # msg_ids of the interrupt_requests we sent to evcxr (their replies are ours)
+    # evcxr forwards a cell's stderr asynchronously and may publish its idle status before the
+    # last lines, the stop message among them: an interrupted cell's idle waits a little here.
+    stopped = set()  # msg_ids of interrupted cells whose idle status has not gone out yet
+    held_idle = []  # (when to send, ids, jparts)
     shutting_down = False
 
     def to_front(sock, ids, jparts):
@@ -223,6 +227,7 @@ def forward(f, b, fkey, alive, flag):
                     pass
                 interrupted_at = time.time()
                 kill_at = interrupted_at + grace
+                stopped.add(running)
                 log(f"interrupt: flag raised for {running}; {len(queued)} queued cell(s) aborted")
                 # As ipykernel: the cells queued behind an interrupted one do not run.
                 for qids, qparts in queued:
@@ -245,6 +250,11 @@ def forward(f, b, fkey, alive, flag):
             return
         if name == "control" and msg_type == "shutdown_reply":
             shutting_down = True
+        parent = msg_type_of(jparts, 1)[1]
+        if name == "iopub" and msg_type == "status" and parent in stopped and b'"idle"' in jparts[3]:
+            stopped.discard(parent)
+            held_idle.append((time.time() + 0.3, ids, jparts))
+            return
         to_front(f[name], ids, jparts)
         if name == "shell" and msg_type == "execute_reply" and msg_type_of(jparts, 1)[1] == running:
             running, interrupted_at, kill_at = None, None, None
@@ -267,6 +277,8 @@ def forward(f, b, fkey, alive, flag):
         for s, _ in poller.poll(100):
             routes[s](s.recv_multipart())
         now = time.time()
+        while held_idle and held_idle[0][0] <= now:
+            to_front(f["iopub"], *held_idle.pop(0)[1:])
         if kill_at is not None:
             # While aula's loop runs the grace counts from its end: the loop stops at the next
             # batch boundary, the cell then has `grace` seconds to return.
