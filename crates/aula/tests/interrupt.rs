@@ -85,7 +85,7 @@ fn fit_stops_at_the_next_batch_with_the_weights_of_that_batch_and_the_complete_e
     assert!(!same_weights(&stopped, &after_batch[0]) && !same_weights(&stopped, &after_batch[2]));
     assert!(!same_weights(&stopped, &after_epoch1));
     assert_eq!(model.history(), Some(&epoch1), "the model's history holds the complete epoch");
-    assert!(message.contains("la época completa (1)"), "{message}");
+    assert!(message.contains("tiene 1 época completa"), "{message}");
 
     // The flag is down: the next training runs to the end.
     let history = model.fit(&x, &y, 2, 10, None).unwrap();
@@ -176,7 +176,7 @@ fn a_checkpointed_training_interrupted_mid_epoch_continues_when_run_again() {
     let mut model = conv_model(true);
     request_after_polls(6);
     let message = interrupted(&fit(&mut model, &dir).unwrap_err());
-    assert!(message.contains("época 1/3, durante la validación") && message.contains("aún ninguna época completa"), "{message}");
+    assert!(message.contains("época 1/3, durante la validación") && message.contains("aún no tiene ninguna época completa"), "{message}");
     assert!(message.contains("no hay aún ninguna época guardada"), "{message}");
     assert!(Checkpoint::load(&dir).unwrap().is_none() && safetensors_in(&dir).is_empty());
 }

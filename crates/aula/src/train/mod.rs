@@ -280,20 +280,18 @@ pub(crate) fn terminate_on_nan(loss: f64, epoch: usize, batch: usize, kept: &str
 }
 
 /// What a training stopped by an interrupt says (Spanish: the student reads it
-/// in the notebook). `at`: where in epoch `epoch` it stopped; `checkpoints`:
+/// in the notebook). `at`: where in epoch `epoch` it stopped; `done`: the
+/// complete epochs (those in the model's history); `checkpoints`:
 /// the folder of `fit_generator_with_checkpoints`, whose last complete epoch
 /// a rerun of the cell continues from (a half epoch is never saved).
-pub(crate) fn interrupted(epoch: usize, epochs: usize, at: &str, complete: usize, checkpoints: Option<&Path>) -> String {
-    let done = complete;
-    let complete = match done {
-        0 => "aún ninguna época completa".to_string(),
-        1 => "la época completa (1)".to_string(),
-        k => format!("las {k} épocas completas"),
+pub(crate) fn interrupted(epoch: usize, epochs: usize, at: &str, done: usize, checkpoints: Option<&Path>) -> String {
+    let history = match done {
+        0 => "su `history()` aún no tiene ninguna época completa.".to_string(),
+        1 => "su `history()` tiene 1 época completa (`let history = model.history().unwrap().clone();`).".to_string(),
+        k => format!("su `history()` tiene las {k} épocas completas (`let history = model.history().unwrap().clone();`)."),
     };
-    let mut text = format!(
-        "entrenamiento interrumpido en la época {epoch}/{epochs}, {at}: el modelo conserva los pesos de ese \
-         momento; su `history()` tiene {complete} (`let history = model.history().unwrap().clone();`)."
-    );
+    let mut text =
+        format!("entrenamiento interrumpido en la época {epoch}/{epochs}, {at}: el modelo conserva los pesos de ese momento; {history}");
     match checkpoints {
         Some(dir) if done > 0 => text.push_str(&format!(
             " El punto de control de la época {} sigue en {}: ejecutar otra vez la celda continúa desde él.",
