@@ -179,6 +179,8 @@ def forward(f, b, fkey, alive, flag):
     grace = float(os.environ.get("AULA_INTERRUPT_GRACE", "5"))
     loop_grace = float(os.environ.get("AULA_INTERRUPT_LOOP_GRACE", "60"))
     running = None  # msg_id of the execute_request evcxr is running
+    running_header = b"{}"  # and its header (the parent of what the proxy says in that cell)
+    killed = None  # msg_id of the cell evcxr's kill ended
     queued = []  # (ids, parts) of execute_requests held here until it is done
     interrupted_at = None  # when the running cell was asked to stop
     kill_at = None  # when evcxr's kill comes, unless the cell has ended first
@@ -201,8 +203,9 @@ def forward(f, b, fkey, alive, flag):
         f["iopub"].send_multipart([b"kernel.aula-proxy.status", DELIM, sign(fkey, jparts)] + jparts)
 
     def run(ids, jparts):
-        nonlocal running
+        nonlocal running, running_header
         _, running = msg_type_of(jparts)
+        running_header = jparts[0]
         remove(flag)  # a stale flag never stops this cell
         b["shell"].send_multipart(ids + [DELIM, b""] + jparts)
 
@@ -240,7 +243,7 @@ def forward(f, b, fkey, alive, flag):
             b[name].send_multipart(ids + [DELIM, b""] + jparts)
 
     def from_evcxr(name, frames):
-        nonlocal running, interrupted_at, kill_at, shutting_down
+        nonlocal running, interrupted_at, kill_at, shutting_down, killed
         parts = split(frames)
         if parts is None:
             return
@@ -256,8 +259,16 @@ def forward(f, b, fkey, alive, flag):
             held_idle.append((time.time() + 0.3, ids, jparts))
             return
         to_front(f[name], ids, jparts)
-        if name == "shell" and msg_type == "execute_reply" and msg_type_of(jparts, 1)[1] == running:
-            running, interrupted_at, kill_at = None, None, None
+        if name == "shell" and msg_type == "execute_reply" and parent == running:
+            if killed == running:  # say what happened, in the student's language
+                stream = {"name": "stderr", "text": (
+                    f"aula: la celda no se detuvo en {grace:g} s tras la interrupción (solo los bucles de aula "
+                    "—entrenamiento, extracción de características, predicción— se detienen limpiamente), así que "
+                    "el kernel reinició el proceso que ejecuta las celdas: las variables se han perdido; vuelve a "
+                    "ejecutar las celdas anteriores.\n")}
+                jp = [json.dumps(header("stream")).encode(), running_header, b"{}", json.dumps(stream).encode()]
+                f["iopub"].send_multipart([b"kernel.aula-proxy.stream", DELIM, sign(fkey, jp)] + jp)
+            running, interrupted_at, kill_at, killed = None, None, None, None
             remove(flag)
             remove(flag + ".loop")  # (left by a loop whose process was killed)
             if queued:
@@ -290,6 +301,7 @@ def forward(f, b, fkey, alive, flag):
                 own.add(h["msg_id"])
                 b["control"].send_multipart([DELIM, b"", json.dumps(h).encode(), b"{}", b"{}", b"{}"])
                 kill_at = None  # once: the cell's reply follows
+                killed = running
         if now - last_check > 0.5:
             last_check = now
             if not alive():

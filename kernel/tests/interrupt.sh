@@ -134,6 +134,7 @@ try:
     took, reply, text, _ = interrupt_after(after(3), "loop { std::hint::spin_loop(); }")
     print(f"  loop {{}} interrupted: the cell ended {took:.2f} s after interrupt_request (fallback kill)")
     assert reply["status"] == "error" and "Subprocess terminated" in text, (reply, text)
+    assert "las variables se han perdido" in text, text   # the proxy says so, in Spanish
     assert grace <= took < grace + 10, f"{took:.1f} s"
     assert "2" in run("1 + 1").text, "the kernel does not answer after the fallback"
     run("keep", want="error")   # the documented price of the fallback
