@@ -38,6 +38,7 @@ import time
 
 import proxy  # (kernel/proxy.py, next to this file)
 
+
 def log(*a):
     print("aula-pool:", *a, file=sys.stderr, flush=True)
 

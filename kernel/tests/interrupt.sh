@@ -34,6 +34,7 @@ for up in "$repo" "$repo/.." "$repo/../.."; do
   fi
 done
 test -d "$data/validation/cats" || { echo "no images in $data (set AULA_DATA)"; exit 1; }
+test -x "$runner" || { echo "no $runner (cargo build -p aula-runner)"; exit 1; }
 
 echo "test 1: interrupts through jupyter_client"
 "$venv/bin/python" - "$repo" "$data" <<'EOF'
