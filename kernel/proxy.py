@@ -17,7 +17,9 @@ extraction, prediction) instead look at a flag file at every batch boundary and 
      aula loop runs (<flag>.loop exists: it will stop at the next batch, however long a batch
      takes here) the grace counts from the loop's end, up to AULA_INTERRUPT_LOOP_GRACE seconds
      after the interrupt (default 60).
-The flag is removed when the cell ends, so a late interrupt never stops the next cell.
+The flag is removed when the cell ends, so a late interrupt never stops the next cell. After the
+fallback the proxy tells the cell, in Spanish, that its variables are lost; an interrupted
+cell's idle status waits 0.3 s so that its last stderr lines (the stop message) come first.
 
   proxy.py CONNECTION_FILE DIR COMMAND...   (launch.sh, cold kernels) starts COMMAND plus
       `--control_file DIR/aula-connection.json` (evcxr on free local ports), waits until it
@@ -346,10 +348,11 @@ def main():
         forward(f, b, front.get("key", "").encode(), alive, os.environ["AULA_INTERRUPT_FILE"])
     ctx.destroy(linger=500)
     try:
-        return child.wait(timeout=10)
+        rc = child.wait(timeout=10)
     except subprocess.TimeoutExpired:
         child.kill()
-        return child.wait()
+        rc = child.wait()
+    return rc if rc >= 0 else 128 - rc  # killed by a signal: as a shell says it
 
 
 if __name__ == "__main__":
