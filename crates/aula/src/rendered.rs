@@ -49,6 +49,71 @@ pub fn rendered_file(step: &str, file: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Set (to anything but "0") where the slow cells may train: `aula-runner
+/// instructor`, which `make render` runs, sets it.
+pub const RENDER_VAR: &str = "AULA_RENDER";
+
+/// The guard of a slow cell ("no ejecutar en clase"): true in instructor mode,
+/// and the cell trains. Anywhere else (JupyterLab's "Run All", a student's
+/// Shift-Enter) false, after saying in Spanish what the cell would do, how long
+/// the recorded run took, that the next cell loads it and how to render it
+/// again: nothing trains for hours and the recorded results are never
+/// overwritten. `what` names the training in Spanish ("el clasificador con
+/// aumento de datos").
+///
+/// ```ignore
+/// if aula::rendered::render_here("data_augmentation", "el clasificador con aumento de datos") {
+///     let history = model.fit_generator_with_checkpoints(/* … */)?;
+///     aula::rendered::save("data_augmentation", &history, &model, &checkpoints, json!({}))?;
+/// }
+/// ```
+pub fn render_here(step: &str, what: &str) -> bool {
+    if std::env::var_os(RENDER_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+        return true;
+    }
+    let provenance = step_dir(step)
+        .ok()
+        .and_then(|dir| std::fs::read(dir.join("provenance.json")).ok())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    println!("{}", guard_message(step, what, provenance.as_ref()));
+    false
+}
+
+/// What [`render_here`] says outside instructor mode.
+fn guard_message(step: &str, what: &str, provenance: Option<&Value>) -> String {
+    let recorded = match provenance {
+        Some(p) => {
+            let epochs = p["epochs"].as_u64().unwrap_or(0);
+            let device = p["device"].get(0).and_then(Value::as_str).unwrap_or("?");
+            let best = p["best_val_acc"].as_f64().map_or(String::new(), |v| {
+                format!(", mejor val_acc {}", format!("{v:.3}").replace('.', ","))
+            });
+            format!(
+                "La ejecución grabada: {epochs} épocas en {} ({device}){best}. La celda siguiente carga \
+                 sus resultados (historia y pesos entrenados).",
+                duration_es(p["wall_s"].as_f64().unwrap_or(0.0))
+            )
+        }
+        None => format!("Aún no hay ejecución grabada en assets/rendered/{step}/."),
+    };
+    format!(
+        "Celda «no ejecutar en clase»: entrenaría {what}, horas en una CPU, así que aquí no se ejecuta.\n\
+         {recorded}\n\
+         El profesor la vuelve a grabar con `{RENDER_COMMAND}`. Para entrenar aquí de todos modos, \
+         ejecuta `std::env::set_var(\"{RENDER_VAR}\", \"1\");` y luego esta celda otra vez."
+    )
+}
+
+/// "3 h 25 min", "12 min".
+fn duration_es(seconds: f64) -> String {
+    let minutes = (seconds / 60.0).round() as u64;
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}
+
 /// What a rendered step left: its history and the provenance record.
 pub struct Rendered {
     pub history: History,
@@ -132,4 +197,22 @@ fn git_commit(dir: &Path) -> Value {
         .filter(|o| o.status.success())
         .map(|o| Value::String(String::from_utf8_lossy(&o.stdout).trim().to_string()))
         .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_says_what_the_recorded_run_took_and_what_comes_next() {
+        let provenance = json!({"epochs": 30, "wall_s": 12312.0, "device": ["CPU, 2 threads"], "best_val_acc": 0.906});
+        let text = guard_message("data_augmentation", "el clasificador con aumento de datos", Some(&provenance));
+        assert!(text.contains("entrenaría el clasificador con aumento de datos"), "{text}");
+        assert!(text.contains("30 épocas en 3 h 25 min (CPU, 2 threads), mejor val_acc 0,906"), "{text}");
+        assert!(text.contains("La celda siguiente carga") && text.contains("make render"), "{text}");
+        assert!(text.contains("AULA_RENDER"), "{text}");
+        let none = guard_message("fine_tuning", "x", None);
+        assert!(none.contains("Aún no hay ejecución grabada en assets/rendered/fine_tuning/"), "{none}");
+        assert_eq!((duration_es(59.0), duration_es(3600.0), duration_es(5400.0)), ("1 min".into(), "1 h".into(), "1 h 30 min".into()));
+    }
 }
