@@ -43,7 +43,7 @@ lesson: setup
 # ($(AULA_CACHE)/checkpoints). NOTEBOOKS=notebooks/02_... renders one.
 NOTEBOOKS ?= notebooks
 render: setup kernel
-	AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT)) $(RUNNER) instructor $(NOTEBOOKS) --out $(OUT) --timeout 86400 --startup-timeout 900
+	AULA_RENDER_COMMAND="make render NOTEBOOKS=$(NOTEBOOKS)" AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT)) $(RUNNER) instructor $(NOTEBOOKS) --out $(OUT) --timeout 86400 --startup-timeout 900
 
 setup: system-deps libtorch build weights python-tools
 

@@ -25,7 +25,18 @@ pub fn device_info() -> String {
     format!("{place}, {} threads, libtorch {}", tch::get_num_threads(), libtorch_version())
 }
 
-fn libtorch_version() -> &'static str {
+/// The CPU's model name (/proc/cpuinfo), for figures and provenance.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+pub fn libtorch_version() -> &'static str {
     "2.11.0"
 }
 

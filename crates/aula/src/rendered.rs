@@ -121,10 +121,12 @@ pub struct Rendered {
 }
 
 /// Saves a step's results: `history.json`, `weights.safetensors` (trainable
-/// weights only, f16) and `provenance.json` (date, commit, device, threads,
-/// seed, epochs, wall time from the training's checkpoints in `checkpoints`,
-/// which count every epoch once however many times the training resumed,
-/// plus `extra`).
+/// weights only, f16) and `provenance.json`: date, commit (and whether the
+/// checkout had uncommitted changes), device, CPU model, libtorch, threads,
+/// seed, epochs, the wall clock of the first epoch's start and the last one's
+/// end, the summed epoch times (each epoch once however many times the
+/// training resumed) and every run of it with its command, from the
+/// training's checkpoints in `checkpoints`, plus `extra`.
 pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Path, extra: Value) -> Result<PathBuf> {
     let Some(run) = crate::train::Checkpoint::load(checkpoints)? else {
         bail!("no checkpoint in {}: save() records a training made with fit_generator_with_checkpoints", checkpoints.display());
@@ -145,6 +147,12 @@ pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Pat
             .replace_nanosecond(0)?
             .format(&time::format_description::well_known::Rfc3339)?,
         "commit": git_commit(&dir),
+        "uncommitted_changes": git_dirty(&dir),
+        "started": run.epoch_started.first(),
+        "ended": run.epoch_ended.last(),
+        "sessions": run.sessions,
+        "cpu": crate::device::cpu_model(),
+        "libtorch": crate::device::libtorch_version(),
         "device": devices,
         "threads": tch::get_num_threads(),
         "seed": crate::train::current_seed(),
@@ -186,6 +194,18 @@ pub fn restore(step: &str, model: &mut Sequential) -> Result<Rendered> {
     let provenance = serde_json::from_slice(&std::fs::read(&path)?)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(Rendered { history, provenance })
+}
+
+/// Whether tracked files differ from the commit (null outside git).
+fn git_dirty(dir: &Path) -> Value {
+    std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| Value::Bool(!o.stdout.is_empty()))
+        .unwrap_or(Value::Null)
 }
 
 fn git_commit(dir: &Path) -> Value {

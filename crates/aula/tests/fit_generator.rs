@@ -148,7 +148,11 @@ fn sigkill_after_epoch_k_then_resume_gives_the_same_history() {
     let out = child(&data, &dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("{k} of {EPOCHS} epochs done")), "{stdout}");
+    assert!(stdout.contains(&format!("{k} de {EPOCHS} épocas hechas")), "{stdout}");
+    // The resumption is marked where it happened, and recorded.
+    assert!(stdout.contains(&format!("[reanudado en la época {}: ", k + 1)), "{stdout}");
+    let sessions = Checkpoint::load(&dir).unwrap().unwrap().sessions;
+    assert_eq!(sessions.iter().map(|s| s.first_epoch).collect::<Vec<_>>(), [1, k + 1]);
     // (The kill left the lock file; the OS released its lock with the process.)
     let resumed = history_of(&stdout);
     assert_eq!(resumed.epochs(), EPOCHS, "no lost or repeated epoch");
@@ -357,6 +361,12 @@ fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_co
     assert_eq!((provenance["epochs"].as_u64(), provenance["seed"].as_u64()), (Some(2), Some(11)), "{provenance}");
     assert_eq!(provenance["recipe"], "test");
     assert_eq!(provenance["epoch_s"].as_array().map(Vec::len), Some(2), "{provenance}");
+    // The wall clock, where and how it ran.
+    let (started, ended) = (provenance["started"].as_str().unwrap(), provenance["ended"].as_str().unwrap());
+    assert!(started.len() == 20 && started <= ended, "{provenance}");
+    assert_eq!(provenance["sessions"][0]["first_epoch"], 1, "{provenance}");
+    assert!(provenance["sessions"][0]["command"].as_str().is_some_and(|c| !c.is_empty()), "{provenance}");
+    assert!(provenance["cpu"].as_str().is_some() && provenance["libtorch"] == "2.11.0", "{provenance}");
     // Saved again (a rerun of `make render`), the record keeps its first date and
     // commit; a different record (here the recipe) is written anew.
     let mut first = provenance.clone();
