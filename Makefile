@@ -17,7 +17,7 @@ EFFNET_WEIGHTS := $(AULA_CACHE)/weights/efficientnet_lite0_imagenet.safetensors
 MOBILENET_V2_WEIGHTS := $(AULA_CACHE)/weights/mobilenet_v2_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
-.PHONY: run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
+.PHONY: check-records run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
 
 help:
 	@echo "make run     set everything up, then run the notebooks in class mode into out/"
@@ -110,3 +110,8 @@ gpu-check: system-deps
 clean:
 	$(CARGO) clean
 	rm -rf $(OUT)
+
+# Recorded runs traceable: no absolute paths in stored outputs, provenance commits in the
+# history (scripts/check-records.py).
+check-records:
+	$(PYTHON) scripts/check-records.py
