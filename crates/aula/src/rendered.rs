@@ -128,6 +128,16 @@ pub struct Rendered {
 /// training resumed) and every run of it with its command, from the
 /// training's checkpoints in `checkpoints`, plus `extra`.
 pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Path, extra: Value) -> Result<PathBuf> {
+    save_impl(step, history, Some(model), checkpoints, extra)
+}
+
+/// As [`save`], without the weights: for a run shown only by its curves (the
+/// whole of VGG16 trained, 30 MB of weights no later cell needs).
+pub fn save_history(step: &str, history: &History, checkpoints: &Path, extra: Value) -> Result<PathBuf> {
+    save_impl(step, history, None, checkpoints, extra)
+}
+
+fn save_impl(step: &str, history: &History, model: Option<&Sequential>, checkpoints: &Path, extra: Value) -> Result<PathBuf> {
     let Some(run) = crate::train::Checkpoint::load(checkpoints)? else {
         bail!("no checkpoint in {}: save() records a training made with fit_generator_with_checkpoints", checkpoints.display());
     };
@@ -140,7 +150,9 @@ pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Pat
     let dir = step_dir(step)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     history.save(dir.join("history.json"))?;
-    model.save_trainable_weights(dir.join("weights.safetensors"), true)?;
+    if let Some(model) = model {
+        model.save_trainable_weights(dir.join("weights.safetensors"), true)?;
+    }
     let mut provenance = json!({
         "step": step,
         "date": time::OffsetDateTime::now_utc()
@@ -163,7 +175,7 @@ pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Pat
         "steps_per_epoch": run.steps_per_epoch,
         "validation_steps": run.validation_steps,
         "best_val_acc": history.best_val_acc().map(|(v, _)| v),
-        "trainable_weights": model.trainable_weights(),
+        "trainable_weights": run.trainable.len(),
     });
     if let (Value::Object(p), Value::Object(e)) = (&mut provenance, extra) {
         p.extend(e);
@@ -188,8 +200,14 @@ pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Pat
 /// Loads a step's results into `model` (its trainable part) and returns the
 /// history and provenance; a missing file is an error naming it and `make render`.
 pub fn restore(step: &str, model: &mut Sequential) -> Result<Rendered> {
-    let history = History::load(rendered_file(step, "history.json")?)?;
+    let rendered = restore_history(step)?;
     model.load_weights_by_name(rendered_file(step, "weights.safetensors")?)?;
+    Ok(rendered)
+}
+
+/// A step's history and provenance, without weights (see [`save_history`]).
+pub fn restore_history(step: &str) -> Result<Rendered> {
+    let history = History::load(rendered_file(step, "history.json")?)?;
     let path = rendered_file(step, "provenance.json")?;
     let provenance = serde_json::from_slice(&std::fs::read(&path)?)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;

@@ -394,6 +394,11 @@ fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_co
     assert!(diff(&want, &got) < 1e-2, "restored predictions differ by {}", diff(&want, &got));
     assert!(diff(&want, &before) > 1e-2, "the test cannot tell a restored head from a random one");
 
+    // A run shown only by its curves: history and provenance, no weights.
+    let only = aula::rendered::save_history("tiny_curves", &history, &dir, json!({})).unwrap();
+    assert!(only.join("history.json").is_file() && !only.join("weights.safetensors").exists());
+    assert_eq!(aula::rendered::restore_history("tiny_curves").unwrap().history, history);
+
     // A history that is not the checkpoint's is refused.
     let mut other = history.clone();
     other.val_acc[0] += 0.5;
