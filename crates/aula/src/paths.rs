@@ -21,8 +21,8 @@ pub fn keras_models_dir() -> PathBuf {
 /// `path` as a recorded log shows it: relative to the repository when inside
 /// it, `~/…` under the home folder, else as it is. A notebook's stored outputs
 /// must not carry one machine's absolute paths (`/root/…`, `/work/render/…`).
-pub fn display_path(path: &std::path::Path) -> String {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2);
+pub fn display_path(path: &Path) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2);
     if let Some(rel) = repo.and_then(|r| path.strip_prefix(r).ok()) {
         return rel.display().to_string();
     }
@@ -47,7 +47,7 @@ fn home_dir() -> PathBuf {
 
 /// Writes `bytes` to `path` atomically: a reader never sees half a file, and a
 /// failed write leaves the previous file as it was.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::io::Write;
     let tmp = tmp_path(path);
@@ -64,7 +64,7 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> 
 }
 
 /// A sibling temporary name for atomic writes (same folder, so rename is atomic).
-pub fn tmp_path(path: &std::path::Path) -> PathBuf {
+pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}.tmp", std::process::id()));
     path.with_file_name(name)
