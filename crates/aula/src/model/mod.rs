@@ -205,6 +205,13 @@ impl Layer {
         self.weights.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
     }
 
+    /// The Keras names of this layer's weights and of those of the models inside it.
+    fn weight_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.weights.iter().map(|(n, _)| format!("{}/{n}", self.name)).collect();
+        self.models().iter().for_each(|m| names.extend(m.named_weights().into_iter().map(|(n, _, _)| n)));
+        names
+    }
+
     /// Weight `i` in the element type of `x`: the weight itself when it
     /// already is; otherwise a copy, made once and reused while the weight is
     /// the same tensor at the same version. Casting VGG16's 14.7 M weights at
@@ -367,13 +374,13 @@ fn in_kind_of(w: &Tensor, x: &Tensor) -> Tensor {
     }
 }
 
-/// Runs `layers` one after the other; a convolution and the batch
-/// normalization after it run as one folded convolution where they can
-/// (`Layer::forward_folded`).
-fn run_layers<'a>(layers: impl IntoIterator<Item = &'a Layer>, mut x: Tensor, train: bool, frozen: bool) -> Tensor {
+/// Runs `layers` one after the other, each with whether an enclosing model
+/// freezes it; a convolution and the batch normalization after it run as one
+/// folded convolution where they can (`Layer::forward_folded`).
+fn run_layers<'a>(layers: impl IntoIterator<Item = (&'a Layer, bool)>, mut x: Tensor, train: bool) -> Tensor {
     let mut layers = layers.into_iter().peekable();
-    while let Some(layer) = layers.next() {
-        match layers.peek().and_then(|next| layer.forward_folded(&x, next, train, frozen)) {
+    while let Some((layer, frozen)) = layers.next() {
+        match layers.peek().and_then(|&(next, next_frozen)| layer.forward_folded(&x, next, train, next_frozen)) {
             Some(y) => {
                 layers.next();
                 x = y;
@@ -556,7 +563,7 @@ impl Sequential {
         if self.channels_last && x.dim() == 4 {
             x = to_channels_last(&x);
         }
-        run_layers(&self.layers, x, train, frozen)
+        run_layers(self.layers.iter().map(|layer| (layer, frozen)), x, train)
     }
 
     /// The layers in the order data flows through them, nested models
@@ -609,10 +616,34 @@ impl Sequential {
         if images > 0 {
             // Without gradients: the layers' bf16 weight copies have none. The
             // casts keep channels-last (libtorch preserves the memory format).
-            let y = tch::no_grad(|| run_layers(layers[..images].iter().copied(), x.to_kind(precision.kind()), false, true));
-            x = y.to_kind(Kind::Float);
+            let low = layers[..images].iter().map(|layer| (*layer, true));
+            x = tch::no_grad(|| run_layers(low, x.to_kind(precision.kind()), false)).to_kind(Kind::Float);
         }
-        run_layers(layers[images..].iter().copied(), x, false, true)
+        run_layers(layers[images..].iter().map(|layer| (*layer, true)), x, false)
+    }
+
+    /// The training pass (`forward_t(x, true)`) with its first `low` leaves in
+    /// `precision` and without gradients: they must have no weight that
+    /// trains (`frozen_image_prefix`). The other leaves run as `forward_t`
+    /// runs them, in fp32: the layers that train keep fp32 weights,
+    /// gradients and optimizer state.
+    pub(crate) fn forward_train_mixed(&self, x: &Tensor, low: usize, precision: Precision) -> Tensor {
+        let leaves = self.leaves();
+        let mut x = x.to_device(self.device);
+        if self.channels_last && x.dim() == 4 {
+            x = to_channels_last(&x);
+        }
+        let frozen = leaves[..low].iter().map(|(layer, _)| (*layer, true));
+        let y = tch::no_grad(|| run_layers(frozen, x.to_kind(precision.kind()), true)).to_kind(Kind::Float);
+        run_layers(leaves[low..].iter().map(|(layer, trainable)| (*layer, !trainable)), y, true)
+    }
+
+    /// How many first leaves output images and have no weight among
+    /// `trainable` (the names `compile` fixed): the frozen convolutional
+    /// stages, which a training step can run in bf16.
+    pub(crate) fn frozen_image_prefix(&self, trainable: &[String]) -> usize {
+        let trains = |layer: &Layer| layer.weight_names().iter().any(|name| trainable.contains(name));
+        self.leaves().iter().take_while(|(layer, _)| layer.output_shape.len() == 3 && !trains(layer)).count()
     }
 
     /// The precision this model's frozen layers run in: the one given to
