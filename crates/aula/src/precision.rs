@@ -206,8 +206,9 @@ pub struct Conv {
 }
 
 /// VGG16's block 3 and block 4 convolutions at a 150×150 input (37×37×256
-/// and 18×18×512), in batches of 4: 12.5 GFLOP in all, about 0.1 s in fp32 on
-/// 2 cores, a second where bf16 is emulated.
+/// and 18×18×512), in batches of 4: 12.6 GFLOP per timing, 4 timings per
+/// format. On a busy 2-core Xeon with AMX the whole calibration took 0.5-0.9 s;
+/// where bf16 is emulated (≈ 8× slower) expect a few seconds, once.
 pub const VGG16_CONVS: [Conv; 2] = [Conv { batch: 4, channels: 256, size: 37 }, Conv { batch: 4, channels: 512, size: 18 }];
 
 /// The calibration kept in `dir` for `key`, or measured with `convs` and
