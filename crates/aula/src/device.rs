@@ -39,3 +39,16 @@ pub fn configure_threads() {
         tch::set_num_threads(n);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The line ends with the precision the frozen layers run in and why.
+    #[test]
+    fn device_info_says_which_precision_and_why() {
+        let info = super::device_info();
+        let policy = crate::precision::policy(super::default_device());
+        assert!(info.ends_with(&format!(", {policy}")), "{info}");
+        assert!(info.contains(" fp32 (") || info.contains(" bf16 ("), "{info}");
+        assert!(!policy.reason.is_empty());
+    }
+}
