@@ -31,9 +31,10 @@ fn onnx_import_matches_the_manifest() {
 /// lesson's 150×150 and rescale 1/255. Measured on a 2-core Xeon with AMX
 /// (libtorch 2.11, oneDNN's bf16 kernels): relative L2 error of the
 /// (4, 512, 4, 4) maps 0.0036, largest difference 0.35 % of the largest
-/// value (one bf16 rounding is up to 0.2 %; there are 13 layers). The bounds
-/// are 4× that, for other CPUs' kernels (libtorch emulates bf16 where the CPU
-/// lacks it) and summation orders.
+/// value (one bf16 rounding is up to 0.2 %; there are 13 layers); with
+/// oneDNN held to AVX2 (`DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`, the
+/// path of CPUs without bf16 units) 0.0035 and 0.37 %. The bounds are 4×
+/// that, for other CPUs' kernels and summation orders.
 #[test]
 fn vgg16_base_in_bf16_gives_the_fp32_features() {
     use aula::data::{images_to_tensor, load_image, Preprocessing};
