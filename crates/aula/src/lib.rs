@@ -49,6 +49,7 @@ pub mod prelude {
         GlobalAveragePooling2D, MaxPooling2D, SeparableConv2D, ZeroPadding2D,
     };
     pub use crate::model::{vgg16, Dense, Dropout, Flatten, Sequential, VGG16};
+    pub use crate::precision::Precision;
     pub use crate::train::{seed, History, RMSprop};
     pub use crate::weights::Weights;
     pub use crate::{Device, Kind, Tensor};
