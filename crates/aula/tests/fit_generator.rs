@@ -313,22 +313,29 @@ fn trainable_weights_round_trip_in_f16() {
     assert!(err.contains("extra/") && err.contains("does not have") && err.contains(&path.display().to_string()), "{err}");
 }
 
+/// In both precisions (bf16: the frozen base in bf16 while training, in the
+/// validation cache and in evaluate_generator; on every machine, since
+/// libtorch emulates bf16 where the CPU lacks it).
 #[test]
 fn validation_through_the_frozen_layers_cache_matches_the_whole_model() {
     let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     fixture(tmp.path(), 6);
-    aula::train::seed(2);
-    let mut m = model(true);
-    m.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
-    let mut train = augmenting().flow_from_directory(tmp.path(), (32, 32), 4, ClassMode::Binary).unwrap();
-    // 2 validation steps of 5: a partial, shuffled pass, different each epoch.
-    let mut val = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(tmp.path(), (32, 32), 5, ClassMode::Binary).unwrap();
-    let history = m.fit_generator(&mut train, 3, 2, Some(&mut val), 2).unwrap();
-    val.seek_batch(2); // epoch 2 (index 1) validated batches 2 and 3
-    let (loss, acc) = m.evaluate_generator(&mut val, 2).unwrap();
-    assert!((history.val_loss[1] - loss).abs() < 1e-5, "{} vs {loss}", history.val_loss[1]);
-    assert_eq!(history.val_acc[1], acc);
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        aula::train::seed(2);
+        let mut m = model(true);
+        m.set_precision(precision);
+        m.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
+        let mut train = augmenting().flow_from_directory(tmp.path(), (32, 32), 4, ClassMode::Binary).unwrap();
+        // 2 validation steps of 5: a partial, shuffled pass, different each epoch.
+        let mut val =
+            ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(tmp.path(), (32, 32), 5, ClassMode::Binary).unwrap();
+        let history = m.fit_generator(&mut train, 3, 2, Some(&mut val), 2).unwrap();
+        val.seek_batch(2); // epoch 2 (index 1) validated batches 2 and 3
+        let (loss, acc) = m.evaluate_generator(&mut val, 2).unwrap();
+        assert!((history.val_loss[1] - loss).abs() < 1e-5, "{precision}: {} vs {loss}", history.val_loss[1]);
+        assert_eq!(history.val_acc[1], acc, "{precision}");
+    }
 }
 
 /// What the instructor renders and class mode restores: `rendered::save` after

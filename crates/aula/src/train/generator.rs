@@ -231,11 +231,10 @@ impl Sequential {
                 return Ok(cache.predict(self, generator, steps));
             }
         }
-        let _guard = tch::no_grad_guard();
         let (mut ps, mut ys) = (Vec::new(), Vec::new());
         for _ in 0..steps {
             let (x, y) = generator.next_batch()?;
-            ps.push(self.forward_t(&x, false).to_device(Device::Cpu).view([-1]));
+            ps.push(self.predict_on_batch(&x).to_device(Device::Cpu).view([-1]));
             ys.push(y);
         }
         Ok((Tensor::cat(&ps, 0), Tensor::cat(&ys, 0)))
