@@ -36,6 +36,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -45,7 +46,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path("/work/shared/data/cats_and_dogs_small")
+
+
+def default_data() -> Path:
+    """$AULA_DATA, else ../shared/data/cats_and_dogs_small beside the checkout (where
+    `aula` looks too): no machine's absolute path."""
+    if os.environ.get("AULA_DATA"):
+        return Path(os.environ["AULA_DATA"])
+    return REPO.parent / "shared" / "data" / "cats_and_dogs_small"
+
 
 # torchvision's vgg16 "D" configuration: output channels of each 3x3 conv, "M" = 2x2 max-pool.
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -59,7 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--no-aula", action="store_true", help="measure only PyTorch and PIL")
     p.add_argument("--aula-timeout", type=float, default=1800.0, help="seconds allowed per aula run")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory searched for *.jpg")
+    p.add_argument("--data", type=Path, default=default_data(),
+                   help="cats_and_dogs_small, searched for *.jpg (default: $AULA_DATA, else "
+                        "../shared/data/cats_and_dogs_small relative to the repository)")
     p.add_argument("--out", type=Path, default=REPO / "out" / "bench.json")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median over rounds)")
     p.add_argument("--batch", type=int, default=32)
@@ -305,7 +316,9 @@ def pil_decode_parallel(paths: list[str], processes: int) -> float:
 
 def run_aula(args) -> dict:
     # A shell command line (so "VAR=value target/release/aula ..." works), with the thread count appended.
-    cmd = f"{args.aula_cmd} --threads {args.threads} --da-steps {args.da_steps}"
+    # The same images for aula's decode and augmentation benchmarks as for PIL's and PyTorch's.
+    data = shlex.quote(str(args.data.resolve()))
+    cmd = f"{args.aula_cmd} --threads {args.threads} --da-steps {args.da_steps} --data {data}"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), RAYON_NUM_THREADS=str(args.threads))
     proc = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=args.aula_timeout)

@@ -2,7 +2,7 @@
 # Create the Python virtualenv with the Jupyter tools aula uses around its Rust kernel:
 # JupyterLab (`make lab`), nbconvert (the runner's HTML rendering and the standard-client
 # test), nbclient/nbformat, and ipykernel (a fast, real kernel for aula-runner's protocol
-# tests). ≈ 100 MB, from PyPI, once. Idempotent: a finished venv carries a stamp and is
+# tests) and Selenium (the JupyterLab test in Chromium). ≈ 100 MB, from PyPI, once. Idempotent: a finished venv carries a stamp and is
 # left alone.
 #
 #   scripts/setup-jupyter-venv.sh                  # prints the venv's prefix at the end
@@ -20,6 +20,7 @@ requirements=(
   nbclient==0.11.0
   nbformat==5.11.1
   ipykernel==7.4.0
+  selenium==4.51.0
 )
 
 case "${1:-}" in
@@ -45,7 +46,7 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install --disable-pip-version-check --quiet "${requirements[@]}"
   # Check that it works before stamping it: the tools import and ipykernel runs a cell.
   "$venv/bin/python" - <<'EOF'
-import nbclient, nbconvert, nbformat, ipykernel, jupyterlab
+import nbclient, nbconvert, nbformat, ipykernel, jupyterlab, selenium
 nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
 nbclient.NotebookClient(nb, kernel_name="python3", timeout=60).execute()
 out = nb.cells[0].outputs[0]["text"]

@@ -5,6 +5,9 @@
 #  2. A standard client: `jupyter nbconvert --to notebook --execute` with the aula kernel
 #     runs every notebook (cells tagged skip-execution, i.e. the "no ejecutar" ones, are
 #     skipped by nbclient as by our runner): no error output, metrics written.
+#  3. "Run All" as JupyterLab does it, which ignores those tags: notebooks 02 and 03 with
+#     the tags removed run every cell; each "no ejecutar" cell's guard says in Spanish
+#     what it would train and trains nothing, and assets/rendered/ is left as it was.
 #
 #   kernel/tests/notebooks.sh OUT_DIR
 # Needs: target/debug/aula-runner, the aula kernel (make kernel), the Jupyter venv.
@@ -72,4 +75,44 @@ EOF
   echo "  wall $(( $(date +%s) - t0 )) s"
 done
 test -s "$out/nbconvert/metrics.json"
+
+echo "test 3: Run All (as JupyterLab: no-ejecutar / skip-execution tags ignored)"
+mkdir -p "$out/run-all"
+rendered_before=$(cd "$repo/assets/rendered" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+for nb in "$repo"/notebooks/02_*.ipynb "$repo"/notebooks/03_*.ipynb; do
+  t0=$(date +%s)
+  untagged=$repo/notebooks/.run-all-$(basename "$nb")   # beside the original: same working dir
+  "$venv/bin/python" - "$nb" "$untagged" <<'EOF'
+import json, sys
+nb = json.load(open(sys.argv[1]))
+for c in nb["cells"]:
+    c.get("metadata", {}).pop("tags", None)
+json.dump(nb, open(sys.argv[2], "w"), indent=1, ensure_ascii=False)
+EOF
+  AULA_OUT=$out/run-all "$venv/bin/jupyter" nbconvert --to notebook --execute "$untagged" \
+    --output-dir "$out/run-all" --output "$(basename "$nb")" --ExecutePreprocessor.kernel_name=aula \
+    --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.startup_timeout=900 --log-level=WARN \
+    || { rm -f "$untagged"; exit 1; }
+  rm -f "$untagged"
+  "$venv/bin/python" - "$out/run-all/$(basename "$nb")" "$nb" <<'EOF'
+import json, sys
+ran = json.load(open(sys.argv[1]))["cells"]
+tagged = ["no-ejecutar" in c.get("metadata", {}).get("tags", []) for c in json.load(open(sys.argv[2]))["cells"]]
+def text(c):
+    return "".join(o["text"] if isinstance(o["text"], str) else "".join(o["text"])
+                   for o in c.get("outputs", []) if "text" in o)
+errors = [o for c in ran for o in c.get("outputs", []) if o.get("output_type") == "error"]
+assert not errors, errors
+guards = [c for c, t in zip(ran, tagged) if t]
+assert guards, "no no-ejecutar cell"
+for c in guards:
+    out = text(c)
+    assert "no ejecutar en clase" in out and "La celda siguiente carga" in out, out
+    assert "Epoch 1/" not in out, "a guarded cell trained:\n" + out
+print(f"  {sys.argv[1].rsplit('/', 1)[1]}: every cell ran, {len(guards)} guarded cells trained nothing")
+EOF
+  echo "  wall $(( $(date +%s) - t0 )) s"
+done
+rendered_after=$(cd "$repo/assets/rendered" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+[ "$rendered_before" = "$rendered_after" ] || { echo "assets/rendered/ changed during Run All"; exit 1; }
 echo "notebook tests: ok"

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use aula::comparison::images_per_second;
+use aula::precision::Precision;
 use aula::prelude::*;
 use serde_json::json;
 use std::path::PathBuf;
@@ -36,14 +37,37 @@ const BACKBONES: [&str; 7] = ["VGG19", "ResNet50", "InceptionV3", "Xception", "M
 
 pub fn run(args: Args) -> Result<()> {
     tch::set_num_threads(args.threads);
+    // Which precision the frozen layers run in here, and the calibration behind it.
+    let policy = aula::precision::policy(default_device());
+    let calibration = aula::precision::cpu_calibration();
+    println!("{}", device_info());
+    println!(
+        "precision calibration ({}, {}): fp32 {:.1} ms, bf16 {:.1} ms: bf16 {:.2}× fp32{}",
+        calibration.key.cpu_model,
+        calibration.key.cpu_flags.join(" "),
+        calibration.fp32_ms,
+        calibration.bf16_ms,
+        calibration.bf16_speedup,
+        if calibration.from_cache { format!(" (from {})", calibration.path.display()) } else { String::new() }
+    );
     let mut conv_base = vgg16(Weights::None, false, (150, 150, 3))?;
-    let extract_img_s = images_per_second(&conv_base, 32, args.batches)?;
+    // Both precisions, channels-last, in the same run: the ratio holds on a busy machine.
+    conv_base.set_precision(Precision::Fp32);
+    let fp32_img_s = images_per_second(&conv_base, 32, args.batches)?;
+    conv_base.set_precision(Precision::Bf16);
+    let bf16_img_s = images_per_second(&conv_base, 32, args.batches)?;
+    // What aula runs: the policy's precision.
+    let extract_img_s = if policy.precision == Precision::Bf16 { bf16_img_s } else { fp32_img_s };
+    conv_base.set_precision(Precision::Fp32);
     conv_base.set_channels_last(false);
     let nchw_img_s = images_per_second(&conv_base, 32, args.batches)?;
     println!(
-        "VGG16 conv base, 150×150, batch 32, {} threads: {extract_img_s:.1} img/s ({:.0} GFLOP/s); NCHW: {nchw_img_s:.1} img/s",
+        "VGG16 conv base, 150×150, batch 32, {} threads: {extract_img_s:.1} img/s in {} ({:.0} GFLOP/s); \
+         fp32 channels-last {fp32_img_s:.1}, bf16 channels-last {bf16_img_s:.1} ({:.2}×), fp32 NCHW {nchw_img_s:.1} img/s",
         args.threads,
-        extract_img_s * VGG16_GFLOP_150
+        policy.precision,
+        extract_img_s * VGG16_GFLOP_150,
+        bf16_img_s / fp32_img_s,
     );
     let mut backbones = serde_json::Map::new();
     for name in BACKBONES {
@@ -87,6 +111,22 @@ pub fn run(args: Args) -> Result<()> {
             "vgg16_extract_img_s": extract_img_s,
             "vgg16_extract_gflops": extract_img_s * VGG16_GFLOP_150,
             "vgg16_extract_nchw_img_s": nchw_img_s,
+            "vgg16_extract_fp32_img_s": fp32_img_s,
+            "vgg16_extract_bf16_img_s": bf16_img_s,
+            "precision": policy.precision,
+            "precision_reason": policy.reason,
+            "precision_calibration": {
+                "fp32_ms": calibration.fp32_ms,
+                "bf16_ms": calibration.bf16_ms,
+                "bf16_speedup": calibration.bf16_speedup,
+                "choice": calibration.precision,
+                "reason": calibration.reason,
+                "cpu_model": calibration.key.cpu_model,
+                "cpu_flags": calibration.key.cpu_flags,
+                "threads": calibration.key.threads,
+                "libtorch": calibration.key.libtorch,
+                "file": calibration.path,
+            },
             "decode_img_s": decode_img_s,
             "threads": args.threads,
             "device": device_info(),

@@ -89,6 +89,8 @@ pub fn run(args: Args) -> Result<()> {
         "epochs": args.epochs,
         "preprocessing": if args.caffe { "caffe" } else { "rescale 1/255" },
         "device": device_info(),
+        // The precision the conv base ran in (the cache keeps each apart).
+        "precision": train.precision,
         "seed": args.seed,
         "plots": plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
     });

@@ -66,7 +66,7 @@ fn trains_the_head_then_block5_then_tests_and_a_rerun_resumes() {
     let again = fine_tune(&data, &out);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&again.stderr));
-    assert!(stdout.contains("2 of 2 epochs done") && stdout.contains("1 of 1 epochs done"), "{stdout}");
+    assert!(stdout.contains("2 de 2 épocas hechas") && stdout.contains("1 de 1 épocas hechas"), "{stdout}");
     let metrics2: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics2["fine_tuning"]["val_acc"], fine["val_acc"]);
     assert_eq!(metrics2["fine_tuning"]["test_acc"], fine["test_acc"]);

@@ -130,6 +130,11 @@ fn main() -> ExitCode {
             Err(e) => return usage(&format!("--out {}: {e}", args.out.display())),
         }
     }
+    // Instructor mode renders the "no ejecutar" cells: their guard
+    // (aula::rendered::render_here) lets them train only when this is set.
+    if mode == Mode::Instructor && std::env::var_os("AULA_RENDER").is_none() {
+        std::env::set_var("AULA_RENDER", "1");
+    }
     let opts = Options {
         mode,
         out_dir: args.out,

@@ -32,17 +32,17 @@ pub struct Comparison {
 
 /// Throughput of `conv_base` on random batches of `batch` images (after one
 /// warm-up batch), the figure the "images/s" column shows: the base only,
-/// without decoding, so that nets are compared and not JPEG decoders.
+/// without decoding, so that nets are compared and not JPEG decoders. It runs
+/// as feature extraction does: in `conv_base.precision()`.
 pub fn images_per_second(conv_base: &Sequential, batch: i64, batches: usize) -> Result<f64> {
     let Some(&[h, w, c]) = conv_base.input_shape() else {
         bail!("model '{}' has no (H, W, C) input shape", conv_base.name)
     };
     let x = Tensor::rand([batch, c, h, w], (Kind::Float, conv_base.device()));
-    let _guard = tch::no_grad_guard();
-    let _ = conv_base.forward_t(&x, false);
+    let _ = conv_base.predict_on_batch(&x);
     let start = Instant::now();
     for _ in 0..batches {
-        let _ = conv_base.forward_t(&x, false);
+        let _ = conv_base.predict_on_batch(&x);
     }
     Ok((batch as usize * batches) as f64 / start.elapsed().as_secs_f64())
 }

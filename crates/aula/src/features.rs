@@ -5,9 +5,14 @@
 //! cached on disk under a content key: the conv base's weights, the image files
 //! and labels, the preprocessing and the input size. Change any of them and the
 //! features are computed again; change nothing and they load in a second.
+//!
+//! The conv base runs in the precision `conv_base.precision()` says (bf16
+//! where it measured faster, see `aula::precision`); the features are kept in
+//! fp32 either way, under a key that names the precision when it is bf16.
 
 use crate::data::DirectoryIterator;
 use crate::model::Sequential;
+use crate::precision::Precision;
 use crate::weights::NamedTensors;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -23,6 +28,8 @@ pub struct Features {
     pub path: PathBuf,
     /// True when they came from the cache.
     pub cached: bool,
+    /// The precision the conv base ran in.
+    pub precision: Precision,
 }
 
 impl Features {
@@ -60,6 +67,7 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
              and train with fit_generator"
         );
     }
+    let precision = conv_base.precision();
     let key = {
         let mut h = Sha256::new();
         h.update(weights_fingerprint(conv_base));
@@ -68,16 +76,20 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
         // (The text is the one used before augmentation existed, so existing caches stay valid.)
         let preprocessing = format!("ImageDataGenerator {{ preprocessing: {:?} }}", generator.generator().preprocessing);
         h.update(format!("{preprocessing} {:?} {:?}", generator.target_size(), conv_base.input_shape()));
+        // bf16 features differ from fp32 ones in the third digit. (Nothing is
+        // added for fp32, so the caches made before bf16 existed stay valid.)
+        if precision != Precision::Fp32 {
+            h.update(format!(" precision {precision}"));
+        }
         hex::encode(h.finalize())
     };
     let path = cache_path(&key);
     if let Some((features, labels)) = load_cached(&path, generator.samples()) {
-        return Ok(Features { features, labels, path, cached: true });
+        return Ok(Features { features, labels, path, cached: true, precision });
     }
 
     let n = generator.samples();
     let mut bar = crate::progress::Progress::new(n as u64, "extracting features", "images");
-    let _guard = tch::no_grad_guard();
     let _running = crate::interrupt::Running::start();
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     // File order (not the generator's shuffled order): features[i] is filenames()[i].
@@ -88,7 +100,7 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
         })?;
         let (x, y) = generator.load_batch(indices)?;
         // NCHW → Keras's (N, H, W, C), the order Flatten uses.
-        let maps = conv_base.forward_t(&x, false).permute([0, 2, 3, 1]).to_device(Device::Cpu).contiguous();
+        let maps = conv_base.predict_on_batch(&x).permute([0, 2, 3, 1]).to_device(Device::Cpu).contiguous();
         bar.inc(x.size()[0] as u64);
         features.push(maps.to_kind(Kind::Float));
         labels.push(y);
@@ -99,7 +111,7 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
     }
     let (features, labels) = (Tensor::cat(&features, 0), Tensor::cat(&labels, 0));
     store(&path, &features, &labels)?;
-    Ok(Features { features, labels, path, cached: false })
+    Ok(Features { features, labels, path, cached: false, precision })
 }
 
 /// Where the features of content key `key` are kept: `<cache>/features/`.

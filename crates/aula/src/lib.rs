@@ -6,6 +6,7 @@
 //! - [`weights`]: `weights = None | Imagenet | File(path)`, the formats the
 //!   weights come in (Keras h5, ONNX, safetensors) and their checksums;
 //! - [`data`]: `ImageDataGenerator(...).flow_from_directory(...)`;
+//! - [`precision`]: fp32 or bf16 for the frozen layers, measured on the CPU at hand;
 //! - [`features`]: "Alternativa 1", run the conv base once and keep the features;
 //! - [`train`]: compile / fit / evaluate with RMSprop and a `History`;
 //! - [`curves`]: raw and smoothed accuracy and loss curves;
@@ -22,6 +23,7 @@ pub mod interrupt;
 pub mod metrics;
 pub mod model;
 pub mod paths;
+pub mod precision;
 pub mod probabilities;
 pub mod progress;
 pub mod rendered;
@@ -48,6 +50,7 @@ pub mod prelude {
         GlobalAveragePooling2D, MaxPooling2D, SeparableConv2D, ZeroPadding2D,
     };
     pub use crate::model::{vgg16, Dense, Dropout, Flatten, Sequential, VGG16};
+    pub use crate::precision::Precision;
     pub use crate::train::{seed, History, RMSprop};
     pub use crate::weights::Weights;
     pub use crate::{Device, Kind, Tensor};

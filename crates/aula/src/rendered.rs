@@ -49,6 +49,71 @@ pub fn rendered_file(step: &str, file: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Set (to anything but "0") where the slow cells may train: `aula-runner
+/// instructor`, which `make render` runs, sets it.
+pub const RENDER_VAR: &str = "AULA_RENDER";
+
+/// The guard of a slow cell ("no ejecutar en clase"): true in instructor mode,
+/// and the cell trains. Anywhere else (JupyterLab's "Run All", a student's
+/// Shift-Enter) false, after saying in Spanish what the cell would do, how long
+/// the recorded run took, that the next cell loads it and how to render it
+/// again: nothing trains for hours and the recorded results are never
+/// overwritten. `what` names the training in Spanish ("el clasificador con
+/// aumento de datos").
+///
+/// ```ignore
+/// if aula::rendered::render_here("data_augmentation", "el clasificador con aumento de datos") {
+///     let history = model.fit_generator_with_checkpoints(/* … */)?;
+///     aula::rendered::save("data_augmentation", &history, &model, &checkpoints, json!({}))?;
+/// }
+/// ```
+pub fn render_here(step: &str, what: &str) -> bool {
+    if std::env::var_os(RENDER_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+        return true;
+    }
+    let provenance = step_dir(step)
+        .ok()
+        .and_then(|dir| std::fs::read(dir.join("provenance.json")).ok())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    println!("{}", guard_message(step, what, provenance.as_ref()));
+    false
+}
+
+/// What [`render_here`] says outside instructor mode.
+fn guard_message(step: &str, what: &str, provenance: Option<&Value>) -> String {
+    let recorded = match provenance {
+        Some(p) => {
+            let epochs = p["epochs"].as_u64().unwrap_or(0);
+            let device = p["device"].get(0).and_then(Value::as_str).unwrap_or("?");
+            let best = p["best_val_acc"].as_f64().map_or(String::new(), |v| {
+                format!(", mejor val_acc {}", format!("{v:.3}").replace('.', ","))
+            });
+            format!(
+                "La ejecución grabada: {epochs} épocas en {} ({device}){best}. La celda siguiente carga \
+                 sus resultados (historia y pesos entrenados).",
+                duration_es(p["wall_s"].as_f64().unwrap_or(0.0))
+            )
+        }
+        None => format!("Aún no hay ejecución grabada en assets/rendered/{step}/."),
+    };
+    format!(
+        "Celda «no ejecutar en clase»: entrenaría {what}, horas en una CPU, así que aquí no se ejecuta.\n\
+         {recorded}\n\
+         El profesor la vuelve a grabar con `{RENDER_COMMAND}`. Para entrenar aquí de todos modos, \
+         ejecuta `std::env::set_var(\"{RENDER_VAR}\", \"1\");` y luego esta celda otra vez."
+    )
+}
+
+/// "3 h 25 min", "12 min".
+fn duration_es(seconds: f64) -> String {
+    let minutes = (seconds / 60.0).round() as u64;
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}
+
 /// What a rendered step left: its history and the provenance record.
 pub struct Rendered {
     pub history: History,
@@ -56,11 +121,23 @@ pub struct Rendered {
 }
 
 /// Saves a step's results: `history.json`, `weights.safetensors` (trainable
-/// weights only, f16) and `provenance.json` (date, commit, device, threads,
-/// seed, epochs, wall time from the training's checkpoints in `checkpoints`,
-/// which count every epoch once however many times the training resumed,
-/// plus `extra`).
+/// weights only, f16) and `provenance.json`: date, commit (and whether the
+/// checkout had uncommitted changes), device, CPU model, libtorch, threads,
+/// seed, epochs, the wall clock of the first epoch's start and the last one's
+/// end, the summed epoch times (each epoch once however many times the
+/// training resumed) and every run of it with its command, from the
+/// training's checkpoints in `checkpoints`, plus `extra`.
 pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Path, extra: Value) -> Result<PathBuf> {
+    save_impl(step, history, Some(model), checkpoints, extra)
+}
+
+/// As [`save`], without the weights: for a run shown only by its curves (the
+/// whole of VGG16 trained, 30 MB of weights no later cell needs).
+pub fn save_history(step: &str, history: &History, checkpoints: &Path, extra: Value) -> Result<PathBuf> {
+    save_impl(step, history, None, checkpoints, extra)
+}
+
+fn save_impl(step: &str, history: &History, model: Option<&Sequential>, checkpoints: &Path, extra: Value) -> Result<PathBuf> {
     let Some(run) = crate::train::Checkpoint::load(checkpoints)? else {
         bail!("no checkpoint in {}: save() records a training made with fit_generator_with_checkpoints", checkpoints.display());
     };
@@ -73,13 +150,21 @@ pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Pat
     let dir = step_dir(step)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     history.save(dir.join("history.json"))?;
-    model.save_trainable_weights(dir.join("weights.safetensors"), true)?;
+    if let Some(model) = model {
+        model.save_trainable_weights(dir.join("weights.safetensors"), true)?;
+    }
     let mut provenance = json!({
         "step": step,
         "date": time::OffsetDateTime::now_utc()
             .replace_nanosecond(0)?
             .format(&time::format_description::well_known::Rfc3339)?,
         "commit": git_commit(&dir),
+        "uncommitted_changes": git_dirty(&dir),
+        "started": run.epoch_started.first(),
+        "ended": run.epoch_ended.last(),
+        "sessions": run.sessions,
+        "cpu": crate::device::cpu_model(),
+        "libtorch": crate::device::libtorch_version(),
         "device": devices,
         "threads": tch::get_num_threads(),
         "seed": crate::train::current_seed(),
@@ -90,7 +175,7 @@ pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Pat
         "steps_per_epoch": run.steps_per_epoch,
         "validation_steps": run.validation_steps,
         "best_val_acc": history.best_val_acc().map(|(v, _)| v),
-        "trainable_weights": model.trainable_weights(),
+        "trainable_weights": run.trainable.len(),
     });
     if let (Value::Object(p), Value::Object(e)) = (&mut provenance, extra) {
         p.extend(e);
@@ -115,12 +200,30 @@ pub fn save(step: &str, history: &History, model: &Sequential, checkpoints: &Pat
 /// Loads a step's results into `model` (its trainable part) and returns the
 /// history and provenance; a missing file is an error naming it and `make render`.
 pub fn restore(step: &str, model: &mut Sequential) -> Result<Rendered> {
-    let history = History::load(rendered_file(step, "history.json")?)?;
+    let rendered = restore_history(step)?;
     model.load_weights_by_name(rendered_file(step, "weights.safetensors")?)?;
+    Ok(rendered)
+}
+
+/// A step's history and provenance, without weights (see [`save_history`]).
+pub fn restore_history(step: &str) -> Result<Rendered> {
+    let history = History::load(rendered_file(step, "history.json")?)?;
     let path = rendered_file(step, "provenance.json")?;
     let provenance = serde_json::from_slice(&std::fs::read(&path)?)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(Rendered { history, provenance })
+}
+
+/// Whether tracked files differ from the commit (null outside git).
+fn git_dirty(dir: &Path) -> Value {
+    std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| Value::Bool(!o.stdout.is_empty()))
+        .unwrap_or(Value::Null)
 }
 
 fn git_commit(dir: &Path) -> Value {
@@ -132,4 +235,22 @@ fn git_commit(dir: &Path) -> Value {
         .filter(|o| o.status.success())
         .map(|o| Value::String(String::from_utf8_lossy(&o.stdout).trim().to_string()))
         .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_says_what_the_recorded_run_took_and_what_comes_next() {
+        let provenance = json!({"epochs": 30, "wall_s": 12312.0, "device": ["CPU, 2 threads"], "best_val_acc": 0.906});
+        let text = guard_message("data_augmentation", "el clasificador con aumento de datos", Some(&provenance));
+        assert!(text.contains("entrenaría el clasificador con aumento de datos"), "{text}");
+        assert!(text.contains("30 épocas en 3 h 25 min (CPU, 2 threads), mejor val_acc 0,906"), "{text}");
+        assert!(text.contains("La celda siguiente carga") && text.contains("make render"), "{text}");
+        assert!(text.contains("AULA_RENDER"), "{text}");
+        let none = guard_message("fine_tuning", "x", None);
+        assert!(none.contains("Aún no hay ejecución grabada en assets/rendered/fine_tuning/"), "{none}");
+        assert_eq!((duration_es(59.0), duration_es(3600.0), duration_es(5400.0)), ("1 min".into(), "1 h".into(), "1 h 30 min".into()));
+    }
 }

@@ -3,6 +3,7 @@
 
 use aula::features::extract_features;
 use aula::model::layers::{Conv2D, MaxPooling2D};
+use aula::precision::Precision;
 use aula::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -39,7 +40,9 @@ fn features_are_cached_by_content() {
     let data = dir.path().join("train");
     write_images(&data);
     aula::train::seed(1);
-    let conv_base = VGG16("none", false, (32, 32, 3)).unwrap();
+    let mut conv_base = VGG16("none", false, (32, 32, 3)).unwrap();
+    // Compared with forward_t below, which runs fp32 whatever this CPU's policy.
+    conv_base.set_precision(Precision::Fp32);
     let datagen = ImageDataGenerator::rescale(1.0 / 255.0);
     let generator = datagen.flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap();
 
@@ -55,6 +58,19 @@ fn features_are_cached_by_content() {
     let again = extract_features(&conv_base, &generator).unwrap();
     assert!(again.cached && again.path == first.path);
     assert!(again.features.equal(&first.features));
+
+    // In bf16 the features are other numbers, kept (in fp32) under another key:
+    // neither precision is ever served the other's file.
+    conv_base.set_precision(Precision::Bf16);
+    let bf16 = extract_features(&conv_base, &generator).unwrap();
+    assert!(!bf16.cached && bf16.path != first.path && bf16.precision == Precision::Bf16);
+    assert_eq!(bf16.features.kind(), tch::Kind::Float);
+    let relative = (&bf16.features - &first.features).norm().double_value(&[]) / first.features.norm().double_value(&[]);
+    assert!(relative > 0.0 && relative < 0.05, "bf16 vs fp32 features: relative L2 error {relative}");
+    let bf16_again = extract_features(&conv_base, &generator).unwrap();
+    assert!(bf16_again.cached && bf16_again.path == bf16.path && bf16_again.features.equal(&bf16.features));
+    conv_base.set_precision(Precision::Fp32);
+    assert!(extract_features(&conv_base, &generator).unwrap().features.equal(&first.features));
 
     // Another preprocessing, other weights or a changed image: another key.
     let caffe = ImageDataGenerator::caffe().flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap();
@@ -113,6 +129,8 @@ fn predictions_reuse_the_frozen_layers_outputs_from_disk() {
     write_images(&data);
     aula::train::seed(3);
     let mut model = fine_tuned_model();
+    // Compared with forward_t, which runs fp32 whatever this CPU's policy.
+    model.set_precision(Precision::Fp32);
     let datagen = ImageDataGenerator::rescale(1.0 / 255.0);
     let flow = |d: &ImageDataGenerator| d.flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap().shuffle(false);
     let mut test = flow(&datagen);
@@ -154,22 +172,32 @@ fn predictions_reuse_the_frozen_layers_outputs_from_disk() {
     assert!(close(&p_head, &direct(&model, &flow(&datagen))) && !close(&p_head, &p));
     assert_eq!(frozen_cache_files().len(), 1);
 
+    // The frozen layers in bf16: their own file, never the fp32 one; nearly the same probabilities.
+    model.set_precision(Precision::Bf16);
+    let (p_bf16, _) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
+    assert_eq!(frozen_cache_files().len(), 2);
+    assert!(p_bf16.allclose(&p_head, 0.0, 1e-2, false) && !p_bf16.equal(&p_head), "{p_bf16:?} vs {p_head:?}");
+    let (p_bf16_again, _) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
+    assert!(p_bf16_again.equal(&p_bf16));
+    assert_eq!(frozen_cache_files().len(), 2);
+    model.set_precision(Precision::Fp32);
+
     // Other frozen weights, another preprocessing or a changed image: another key.
     model.set_weights_by_name(&one(0.02, &[3, 3, 3, 4], "block1_conv1/kernel"), "test").unwrap();
     let (p_base, _) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
     assert!(close(&p_base, &direct(&model, &flow(&datagen))));
-    assert_eq!(frozen_cache_files().len(), 2);
-    let _ = model.predict_generator(&mut flow(&ImageDataGenerator::caffe()), 2).unwrap();
     assert_eq!(frozen_cache_files().len(), 3);
+    let _ = model.predict_generator(&mut flow(&ImageDataGenerator::caffe()), 2).unwrap();
+    assert_eq!(frozen_cache_files().len(), 4);
     image::RgbImage::new(40, 30).save(data.join("dogs").join("dogs.2.jpg")).unwrap();
     let (p_changed, _) = model.predict_generator(&mut flow(&datagen), 2).unwrap();
     assert!(close(&p_changed, &direct(&model, &flow(&datagen))));
-    assert_eq!(frozen_cache_files().len(), 4);
+    assert_eq!(frozen_cache_files().len(), 5);
 
     // Augmented images are never kept.
     let augmenting = ImageDataGenerator::rescale(1.0 / 255.0).horizontal_flip(true);
     let _ = model.predict_generator(&mut flow(&augmenting), 2).unwrap();
-    assert_eq!(frozen_cache_files().len(), 4);
+    assert_eq!(frozen_cache_files().len(), 5);
 
     // A damaged file is ignored (with a warning) and written again.
     let files = frozen_cache_files();

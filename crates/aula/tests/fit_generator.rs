@@ -148,7 +148,11 @@ fn sigkill_after_epoch_k_then_resume_gives_the_same_history() {
     let out = child(&data, &dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("{k} of {EPOCHS} epochs done")), "{stdout}");
+    assert!(stdout.contains(&format!("{k} de {EPOCHS} épocas hechas")), "{stdout}");
+    // The resumption is marked where it happened, and recorded.
+    assert!(stdout.contains(&format!("[reanudado en la época {}: ", k + 1)), "{stdout}");
+    let sessions = Checkpoint::load(&dir).unwrap().unwrap().sessions;
+    assert_eq!(sessions.iter().map(|s| s.first_epoch).collect::<Vec<_>>(), [1, k + 1]);
     // (The kill left the lock file; the OS released its lock with the process.)
     let resumed = history_of(&stdout);
     assert_eq!(resumed.epochs(), EPOCHS, "no lost or repeated epoch");
@@ -309,22 +313,29 @@ fn trainable_weights_round_trip_in_f16() {
     assert!(err.contains("extra/") && err.contains("does not have") && err.contains(&path.display().to_string()), "{err}");
 }
 
+/// In both precisions (bf16: the frozen base in bf16 while training, in the
+/// validation cache and in evaluate_generator; on every machine, since
+/// libtorch emulates bf16 where the CPU lacks it).
 #[test]
 fn validation_through_the_frozen_layers_cache_matches_the_whole_model() {
     let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     fixture(tmp.path(), 6);
-    aula::train::seed(2);
-    let mut m = model(true);
-    m.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
-    let mut train = augmenting().flow_from_directory(tmp.path(), (32, 32), 4, ClassMode::Binary).unwrap();
-    // 2 validation steps of 5: a partial, shuffled pass, different each epoch.
-    let mut val = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(tmp.path(), (32, 32), 5, ClassMode::Binary).unwrap();
-    let history = m.fit_generator(&mut train, 3, 2, Some(&mut val), 2).unwrap();
-    val.seek_batch(2); // epoch 2 (index 1) validated batches 2 and 3
-    let (loss, acc) = m.evaluate_generator(&mut val, 2).unwrap();
-    assert!((history.val_loss[1] - loss).abs() < 1e-5, "{} vs {loss}", history.val_loss[1]);
-    assert_eq!(history.val_acc[1], acc);
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        aula::train::seed(2);
+        let mut m = model(true);
+        m.set_precision(precision);
+        m.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
+        let mut train = augmenting().flow_from_directory(tmp.path(), (32, 32), 4, ClassMode::Binary).unwrap();
+        // 2 validation steps of 5: a partial, shuffled pass, different each epoch.
+        let mut val =
+            ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(tmp.path(), (32, 32), 5, ClassMode::Binary).unwrap();
+        let history = m.fit_generator(&mut train, 3, 2, Some(&mut val), 2).unwrap();
+        val.seek_batch(2); // epoch 2 (index 1) validated batches 2 and 3
+        let (loss, acc) = m.evaluate_generator(&mut val, 2).unwrap();
+        assert!((history.val_loss[1] - loss).abs() < 1e-5, "{precision}: {} vs {loss}", history.val_loss[1]);
+        assert_eq!(history.val_acc[1], acc, "{precision}");
+    }
 }
 
 /// What the instructor renders and class mode restores: `rendered::save` after
@@ -357,6 +368,12 @@ fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_co
     assert_eq!((provenance["epochs"].as_u64(), provenance["seed"].as_u64()), (Some(2), Some(11)), "{provenance}");
     assert_eq!(provenance["recipe"], "test");
     assert_eq!(provenance["epoch_s"].as_array().map(Vec::len), Some(2), "{provenance}");
+    // The wall clock, where and how it ran.
+    let (started, ended) = (provenance["started"].as_str().unwrap(), provenance["ended"].as_str().unwrap());
+    assert!(started.len() == 20 && started <= ended, "{provenance}");
+    assert_eq!(provenance["sessions"][0]["first_epoch"], 1, "{provenance}");
+    assert!(provenance["sessions"][0]["command"].as_str().is_some_and(|c| !c.is_empty()), "{provenance}");
+    assert!(provenance["cpu"].as_str().is_some() && provenance["libtorch"] == "2.11.0", "{provenance}");
     // Saved again (a rerun of `make render`), the record keeps its first date and
     // commit; a different record (here the recipe) is written anew.
     let mut first = provenance.clone();
@@ -383,6 +400,11 @@ fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_co
     let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
     assert!(diff(&want, &got) < 1e-2, "restored predictions differ by {}", diff(&want, &got));
     assert!(diff(&want, &before) > 1e-2, "the test cannot tell a restored head from a random one");
+
+    // A run shown only by its curves: history and provenance, no weights.
+    let only = aula::rendered::save_history("tiny_curves", &history, &dir, json!({})).unwrap();
+    assert!(only.join("history.json").is_file() && !only.join("weights.safetensors").exists());
+    assert_eq!(aula::rendered::restore_history("tiny_curves").unwrap().history, history);
 
     // A history that is not the checkpoint's is refused.
     let mut other = history.clone();

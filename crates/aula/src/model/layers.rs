@@ -429,6 +429,7 @@ impl LayerSpec {
                     output_shape: out,
                     kind: LayerKind::Model(m),
                     weights: vec![],
+                    casts: Default::default(),
                 });
             }
         };
@@ -438,7 +439,7 @@ impl LayerSpec {
             .map(|(n, t)| (n, t.set_requires_grad(!super::is_moving_statistic(n))))
             .collect();
         let name = self.name.unwrap_or_else(|| model.auto_name(prefix));
-        Ok(Layer { name, kind, trainable: true, output_shape, weights })
+        Ok(Layer { name, kind, trainable: true, output_shape, weights, casts: Default::default() })
     }
 }
 

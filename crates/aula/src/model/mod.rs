@@ -17,6 +17,7 @@ pub use padding::Padding;
 pub use summary::{thousands, Summary};
 pub use applications::vgg16::{vgg16, VGG16};
 
+use crate::precision::Precision;
 use crate::weights::NamedTensors;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -139,6 +140,20 @@ pub struct Layer {
     /// (`kernel` | `bias`, tensor). Conv kernels are stored OIHW (what conv2d
     /// takes), dense kernels (in, out) as in Keras.
     weights: Vec<(&'static str, Tensor)>,
+    /// bf16 copies of `weights`, by index, made at the first bf16 pass and
+    /// kept while the weights do not change (see `weight_like`).
+    casts: std::sync::Mutex<Vec<Option<Cast>>>,
+}
+
+/// A copy of a weight in another precision, and what it was made from: the
+/// weight itself (kept alive here, so no other tensor can take its address)
+/// and its version, which libtorch increases at each in-place change
+/// (`set_weights`, an optimizer step).
+#[derive(Debug)]
+struct Cast {
+    source: Tensor,
+    version: i64,
+    copy: Tensor,
 }
 
 impl Layer {
@@ -190,33 +205,72 @@ impl Layer {
         self.weights.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
     }
 
+    /// The Keras names of this layer's weights and of those of the models inside it.
+    fn weight_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.weights.iter().map(|(n, _)| format!("{}/{n}", self.name)).collect();
+        self.models().iter().for_each(|m| names.extend(m.named_weights().into_iter().map(|(n, _, _)| n)));
+        names
+    }
+
+    /// Weight `i` in the element type of `x`: the weight itself when it
+    /// already is; otherwise a copy, made once and reused while the weight is
+    /// the same tensor at the same version. Casting VGG16's 14.7 M weights at
+    /// every batch took 7–106 ms (median 27 ms, 5 % of a bf16 batch of 20) on
+    /// a busy 2-core Xeon.
+    /// The copies have no gradient: low precision runs only in passes without
+    /// one (`Sequential::forward_leaves`).
+    fn weight_like(&self, i: usize, x: &Tensor) -> Tensor {
+        let w = &self.weights[i].1;
+        if w.kind() == x.kind() {
+            return w.shallow_clone();
+        }
+        let mut casts = self.casts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        casts.resize_with(self.weights.len(), || None);
+        let version = w.internal_version();
+        if let Some(c) = &casts[i] {
+            let same = c.source.data_ptr() == w.data_ptr()
+                && c.source.device() == w.device()
+                && c.source.stride() == w.stride()
+                && c.source.size() == w.size();
+            if same && c.version == version && c.copy.kind() == x.kind() {
+                return c.copy.shallow_clone();
+            }
+        }
+        let copy = tch::no_grad(|| w.to_kind(x.kind()));
+        casts[i] = Some(Cast { source: w.shallow_clone(), version, copy: copy.shallow_clone() });
+        copy
+    }
+
     /// `frozen`: an enclosing model or this layer is not trainable. Keras then
     /// runs batch normalization in inference mode, even while training.
     fn forward_t(&self, x: &Tensor, train: bool, frozen: bool) -> Tensor {
         let frozen = frozen || !self.trainable;
-        let bias = self.weight("bias");
+        // Weights are kept in fp32; a bf16 pass uses a bf16 copy of each.
+        let index = |name: &str| self.weights.iter().position(|(n, _)| *n == name);
+        let weight = |name: &str| index(name).map(|i| self.weight_like(i, x));
+        let kernel = |i: usize| self.weight_like(i, x);
+        let bias = weight("bias");
         match &self.kind {
             LayerKind::Conv2D { kernel_size, strides, padding, activation, .. } => {
                 let (x, pad) = padding.apply(x, *kernel_size, *strides, 0.0);
-                let w = &self.weights[0].1;
-                activation.apply(x.conv2d(w, bias, strides, pad, [1, 1], 1))
+                activation.apply(x.conv2d(&kernel(0), bias, strides, pad, [1, 1], 1))
             }
             LayerKind::DepthwiseConv2D { kernel_size, strides, padding, activation, .. } => {
                 let (x, pad) = padding.apply(x, *kernel_size, *strides, 0.0);
                 let groups = x.size()[1];
-                activation.apply(x.conv2d(&self.weights[0].1, bias, strides, pad, [1, 1], groups))
+                activation.apply(x.conv2d(&kernel(0), bias, strides, pad, [1, 1], groups))
             }
             LayerKind::SeparableConv2D { kernel_size, strides, padding, activation, .. } => {
                 let (x, pad) = padding.apply(x, *kernel_size, *strides, 0.0);
                 let groups = x.size()[1];
-                let depthwise = x.conv2d::<&Tensor>(&self.weights[0].1, None, strides, pad, [1, 1], groups);
-                activation.apply(depthwise.conv2d(&self.weights[1].1, bias, [1, 1], [0, 0], [1, 1], 1))
+                let depthwise = x.conv2d::<&Tensor>(&kernel(0), None, strides, pad, [1, 1], groups);
+                activation.apply(depthwise.conv2d(&kernel(1), bias, [1, 1], [0, 0], [1, 1], 1))
             }
             LayerKind::BatchNormalization { epsilon, momentum } => x.batch_norm(
-                self.weight("gamma"),
-                self.weight("beta"),
-                self.weight("moving_mean"),
-                self.weight("moving_variance"),
+                weight("gamma"),
+                weight("beta"),
+                weight("moving_mean"),
+                weight("moving_variance"),
                 train && !frozen,
                 1.0 - momentum, // PyTorch's momentum is the weight of the new batch
                 *epsilon,
@@ -234,10 +288,7 @@ impl Layer {
             // sees features in the same order as Keras (and as saved features).
             LayerKind::Flatten if x.dim() == 4 => x.permute([0, 2, 3, 1]).flatten(1, -1),
             LayerKind::Flatten => x.flatten(1, -1),
-            LayerKind::Dense { activation, .. } => {
-                let (w, b) = (&self.weights[0].1, &self.weights[1].1);
-                activation.apply(x.matmul(w) + b)
-            }
+            LayerKind::Dense { activation, .. } => activation.apply(x.matmul(&kernel(0)) + kernel(1)),
             LayerKind::Dropout { rate } => x.dropout(*rate, train),
             LayerKind::Model(m) => m.run(x, train, frozen),
             LayerKind::Add(branches) => branches
@@ -282,12 +333,16 @@ impl Layer {
             Some(beta) => beta - mean * &scale,
             None => -(mean * &scale),
         };
-        // Output channels are the kernels' first dimension (OIHW), depthwise ones included.
-        let kernel = |w: &Tensor| w * scale.view([-1, 1, 1, 1]);
-        let bias = match self.weight("bias") {
-            Some(b) => b * &scale + shift,
-            None => shift,
-        };
+        // Output channels are the kernels' first dimension (OIHW), depthwise ones
+        // included. Folded in fp32, then in the input's precision.
+        let kernel = |w: &Tensor| in_kind_of(&(w * scale.view([-1, 1, 1, 1])), x);
+        let bias = in_kind_of(
+            &match self.weight("bias") {
+                Some(b) => b * &scale + shift,
+                None => shift,
+            },
+            x,
+        );
         Some(match &self.kind {
             LayerKind::Conv2D { kernel_size, strides, padding, .. } => {
                 let (x, pad) = padding.apply(x, *kernel_size, *strides, 0.0);
@@ -301,7 +356,7 @@ impl Layer {
             LayerKind::SeparableConv2D { kernel_size, strides, padding, .. } => {
                 let (x, pad) = padding.apply(x, *kernel_size, *strides, 0.0);
                 let groups = x.size()[1];
-                let depthwise = x.conv2d::<&Tensor>(&self.weights[0].1, None, strides, pad, [1, 1], groups);
+                let depthwise = x.conv2d::<&Tensor>(&self.weight_like(0, &x), None, strides, pad, [1, 1], groups);
                 depthwise.conv2d(&kernel(&self.weights[1].1), Some(&bias), [1, 1], [0, 0], [1, 1], 1)
             }
             _ => unreachable!("checked above"),
@@ -309,13 +364,23 @@ impl Layer {
     }
 }
 
-/// Runs `layers` one after the other; a convolution and the batch
-/// normalization after it run as one folded convolution where they can
-/// (`Layer::forward_folded`).
-fn run_layers<'a>(layers: impl IntoIterator<Item = &'a Layer>, mut x: Tensor, train: bool, frozen: bool) -> Tensor {
+/// `w` in the element type of `x` (itself when it already is): a folded
+/// kernel, computed at each pass, in the pass's precision.
+fn in_kind_of(w: &Tensor, x: &Tensor) -> Tensor {
+    if w.kind() == x.kind() {
+        w.shallow_clone()
+    } else {
+        w.to_kind(x.kind())
+    }
+}
+
+/// Runs `layers` one after the other, each with whether an enclosing model
+/// freezes it; a convolution and the batch normalization after it run as one
+/// folded convolution where they can (`Layer::forward_folded`).
+fn run_layers<'a>(layers: impl IntoIterator<Item = (&'a Layer, bool)>, mut x: Tensor, train: bool) -> Tensor {
     let mut layers = layers.into_iter().peekable();
-    while let Some(layer) = layers.next() {
-        match layers.peek().and_then(|next| layer.forward_folded(&x, next, train, frozen)) {
+    while let Some((layer, frozen)) = layers.next() {
+        match layers.peek().and_then(|&(next, next_frozen)| layer.forward_folded(&x, next, train, next_frozen)) {
             Some(y) => {
                 layers.next();
                 x = y;
@@ -353,6 +418,9 @@ pub struct Sequential {
     /// Keep images channels-last (NHWC in memory) through the convolutions:
     /// libtorch's CPU convolutions run about a third faster that way.
     channels_last: bool,
+    /// The precision of the frozen layers when set by `set_precision`; else
+    /// the run-time policy of `aula::precision`.
+    precision: Option<Precision>,
     /// Set by `compile`: which weights the optimizer updates (see `train`).
     pub(crate) compiled: Option<crate::train::Compiled>,
     /// The class folders `fit_generator` trained on (Keras's `class_indices`):
@@ -377,6 +445,7 @@ impl Sequential {
             layers: Vec::new(),
             device: crate::device::default_device(),
             channels_last: true,
+            precision: None,
             compiled: None,
             class_indices: None,
             history: None,
@@ -508,7 +577,7 @@ impl Sequential {
         if self.channels_last && x.dim() == 4 {
             x = to_channels_last(&x);
         }
-        run_layers(&self.layers, x, train, frozen)
+        run_layers(self.layers.iter().map(|layer| (layer, frozen)), x, train)
     }
 
     /// The layers in the order data flows through them, nested models
@@ -542,22 +611,82 @@ impl Sequential {
         self.leaves().iter().take_while(|(_, trainable)| !trainable).count()
     }
 
-    /// Runs the layers `range` of `leaves()` only (evaluation: dropout off).
-    pub(crate) fn forward_leaves(&self, x: &Tensor, range: std::ops::Range<usize>) -> Tensor {
+    /// Runs the layers `range` of `leaves()` only, in evaluation mode (dropout
+    /// off, batch normalization on its moving statistics). The first of them
+    /// whose outputs are images (the convolutional stages, nearly all the
+    /// arithmetic) run in `precision`; the layers after them, and the result,
+    /// in fp32: a head is cheap, and its probabilities feed the loss and metrics.
+    pub(crate) fn forward_leaves(&self, x: &Tensor, range: std::ops::Range<usize>, precision: Precision) -> Tensor {
+        let leaves = self.leaves();
+        let layers: Vec<&Layer> = leaves[range].iter().map(|(layer, _)| *layer).collect();
         let mut x = x.to_device(self.device);
         if self.channels_last && x.dim() == 4 {
             x = to_channels_last(&x);
         }
-        run_layers(self.leaves()[range].iter().map(|(layer, _)| *layer), x, false, true)
+        let images = match precision {
+            Precision::Fp32 => 0,
+            _ => layers.iter().take_while(|layer| layer.output_shape.len() == 3).count(),
+        };
+        if images > 0 {
+            // Without gradients: the layers' bf16 weight copies have none. The
+            // casts keep channels-last (libtorch preserves the memory format).
+            let low = layers[..images].iter().map(|layer| (*layer, true));
+            x = tch::no_grad(|| run_layers(low, x.to_kind(precision.kind()), false)).to_kind(Kind::Float);
+        }
+        run_layers(layers[images..].iter().map(|layer| (*layer, true)), x, false)
+    }
+
+    /// The training pass (`forward_t(x, true)`) with its first `low` leaves in
+    /// `precision` and without gradients: they must have no weight that
+    /// trains (`frozen_image_prefix`). The other leaves run as `forward_t`
+    /// runs them, in fp32: the layers that train keep fp32 weights,
+    /// gradients and optimizer state.
+    pub(crate) fn forward_train_mixed(&self, x: &Tensor, low: usize, precision: Precision) -> Tensor {
+        let leaves = self.leaves();
+        let mut x = x.to_device(self.device);
+        if self.channels_last && x.dim() == 4 {
+            x = to_channels_last(&x);
+        }
+        let frozen = leaves[..low].iter().map(|(layer, _)| (*layer, true));
+        let y = tch::no_grad(|| run_layers(frozen, x.to_kind(precision.kind()), true)).to_kind(Kind::Float);
+        run_layers(leaves[low..].iter().map(|(layer, trainable)| (*layer, !trainable)), y, true)
+    }
+
+    /// How many first leaves output images and have no weight among
+    /// `trainable` (the names `compile` fixed): the frozen convolutional
+    /// stages, which a training step can run in bf16.
+    pub(crate) fn frozen_image_prefix(&self, trainable: &[String]) -> usize {
+        let trains = |layer: &Layer| layer.weight_names().iter().any(|name| trainable.contains(name));
+        self.leaves().iter().take_while(|(layer, _)| layer.output_shape.len() == 3 && !trains(layer)).count()
+    }
+
+    /// The precision this model's frozen layers run in: the one given to
+    /// `set_precision`, else the run-time policy for its device
+    /// (`aula::precision::policy`, shown by `device_info()`).
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or_else(|| crate::precision::policy(self.device).precision)
+    }
+
+    /// Runs the frozen layers in `precision` whatever the policy says: to
+    /// compare the two (as `set_channels_last` does for layouts) and in tests.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = Some(precision);
+    }
+
+    /// Keras's `model.predict_on_batch(x)`: the output for one batch, without
+    /// gradients or dropout, the convolutional stages in `precision()`, the
+    /// result in fp32.
+    pub fn predict_on_batch(&self, x: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        self.forward_leaves(x, 0..self.leaves().len(), self.precision())
     }
 
     /// Keras's `model.predict(x)`, without gradients, in batches of `batch_size`.
     pub fn predict(&self, x: &Tensor, batch_size: i64) -> Tensor {
-        let _guard = tch::no_grad_guard();
         let n = x.size()[0];
         let outs: Vec<Tensor> = (0..n)
             .step_by(batch_size.max(1) as usize)
-            .map(|i| self.forward_t(&x.narrow(0, i, batch_size.min(n - i)), false).to_device(Device::Cpu))
+            .map(|i| self.predict_on_batch(&x.narrow(0, i, batch_size.min(n - i))).to_device(Device::Cpu))
             .collect();
         Tensor::cat(&outs, 0)
     }
@@ -787,6 +916,66 @@ mod tests {
             !y.allclose(&folded.forward_t(&x, false), 1e-2, 1e-2, false),
             "batch statistics differ from moving ones"
         );
+    }
+
+    /// In bf16 the folded convolutions (each kind, batch normalization folded
+    /// in fp32 first) give fp32's numbers up to bf16's rounding.
+    #[test]
+    fn folded_convolutions_in_bf16() {
+        use crate::precision::Precision;
+        let (mut folded, _) = folded_and_separated();
+        let x = Tensor::rand([2, 3, 9, 9], (Kind::Float, Device::Cpu));
+        folded.set_precision(Precision::Fp32);
+        let fp32 = folded.predict_on_batch(&x);
+        folded.set_precision(Precision::Bf16);
+        let bf16 = folded.predict_on_batch(&x);
+        let relative = (&bf16 - &fp32).norm().double_value(&[]) / fp32.norm().double_value(&[]);
+        assert!(bf16.kind() == Kind::Float && relative > 0.0 && relative < 2e-2, "relative L2 error {relative}");
+    }
+
+    /// A bf16 pass makes its bf16 copy of each weight once and reuses it
+    /// while the weight is unchanged; `set_weights` or a training step (both
+    /// ways RMSprop updates) make it anew.
+    #[test]
+    fn bf16_weight_copies_follow_the_weights() {
+        use crate::precision::Precision;
+        use crate::train::RMSprop;
+        for channels_last in [true, false] {
+            let mut model = Sequential::new("m");
+            // Channels-last kernels take RMSprop's tensor-operation path, NCHW ones its one-pass loop.
+            model.set_channels_last(channels_last);
+            model.add(Conv2D(4, 3).activation("relu").input_shape(&[8, 8, 3]).name("conv")).unwrap();
+            model.add(Flatten()).unwrap();
+            model.add(Dense(1).activation("sigmoid")).unwrap();
+            let x = Tensor::rand([6, 3, 8, 8], (Kind::Float, Device::Cpu));
+            let y = Tensor::from_slice(&[0f32, 1., 0., 1., 0., 1.]);
+            let run = |model: &mut Sequential, precision| {
+                model.set_precision(precision);
+                model.predict_on_batch(&x)
+            };
+            let copy_ptr = |model: &Sequential| {
+                model.layers[0].casts.lock().unwrap()[0].as_ref().map(|c| c.copy.data_ptr() as usize)
+            };
+            let first = run(&mut model, Precision::Bf16);
+            let made = copy_ptr(&model).expect("a bf16 copy of the kernel");
+            assert!(run(&mut model, Precision::Bf16).equal(&first));
+            assert_eq!(copy_ptr(&model), Some(made), "the copy was made again for unchanged weights");
+            assert!(first.allclose(&run(&mut model, Precision::Fp32), 0.0, 1e-2, false));
+
+            let mut weights = model.get_weights();
+            let kernel = weights["conv/kernel"].shallow_clone() * 3.0;
+            weights.insert("conv/kernel".into(), kernel);
+            model.set_weights(&weights, "test").unwrap();
+            let (fp32, bf16) = (run(&mut model, Precision::Fp32), run(&mut model, Precision::Bf16));
+            assert!(!bf16.allclose(&first, 0.0, 1e-2, false), "the new kernel changed nothing");
+            assert!(bf16.allclose(&fp32, 0.0, 1e-2, false), "a stale bf16 kernel after set_weights");
+
+            model.compile(RMSprop::new(0.1), "binary_crossentropy", &["acc"]).unwrap();
+            model.fit(&x, &y, 3, 6, None).unwrap();
+            let (fp32_trained, bf16_trained) = (run(&mut model, Precision::Fp32), run(&mut model, Precision::Bf16));
+            assert!(!fp32_trained.allclose(&fp32, 0.0, 1e-2, false), "training changed nothing");
+            assert!(bf16_trained.allclose(&fp32_trained, 0.0, 1e-2, false), "a stale bf16 kernel after training");
+        }
     }
 
     /// The gradient reaches a trainable kernel through the folding (fine-tuning

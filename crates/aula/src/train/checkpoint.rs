@@ -43,6 +43,39 @@ pub struct Checkpoint {
     pub weights_file: String,
     /// Where each epoch ran (device, threads), for provenance.
     pub devices: Vec<String>,
+    /// When each epoch started and ended (UTC, RFC 3339): the record's wall clock.
+    #[serde(default)]
+    pub epoch_started: Vec<String>,
+    #[serde(default)]
+    pub epoch_ended: Vec<String>,
+    /// Each run of the training: the first one and every resumption.
+    #[serde(default)]
+    pub sessions: Vec<Session>,
+}
+
+/// One run of a checkpointed training, started fresh or resumed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// The first epoch it trained (1-based).
+    pub first_epoch: usize,
+    pub started: String,
+    /// `device_info()` and the CPU model.
+    pub device: String,
+    /// What ran it: `$AULA_RENDER_COMMAND` (`make render` sets it), else this process's command line.
+    pub command: String,
+}
+
+impl Session {
+    pub(crate) fn now(first_epoch: usize) -> Session {
+        let command = std::env::var("AULA_RENDER_COMMAND")
+            .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+        Session {
+            first_epoch,
+            started: crate::paths::now_utc(),
+            device: format!("{}; {}", crate::device::device_info(), crate::device::cpu_model()),
+            command,
+        }
+    }
 }
 
 /// An exclusive lock on a checkpoint folder for the length of one training:

@@ -5,11 +5,16 @@
 //! runs per evaluation: a third of each epoch with the frozen base on a CPU,
 //! and nine tenths of VGG16's work on the test set after fine-tuning. The
 //! numbers are those of running the whole model.
+//!
+//! The frozen layers run in the model's precision (bf16 where it measured
+//! faster, see `aula::precision`); their outputs are kept in fp32, under a key
+//! that names the precision when it is bf16.
 
 use super::{binary_accuracy, binary_crossentropy};
 use crate::data::DirectoryIterator;
 use crate::features::{cache_path, hash_weights, load_cached, store};
 use crate::model::{Layer, Sequential};
+use crate::precision::Precision;
 use anyhow::Result;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -65,7 +70,7 @@ impl FrozenPrefixCache {
             let indices: Vec<i64> = images.next_indices().into_iter().map(|i| i as i64).collect();
             let idx = Tensor::from_slice(&indices);
             let x = self.outputs.index_select(0, &idx.to_device(self.outputs.device()));
-            ps.push(model.forward_leaves(&x, self.len..all).to_device(Device::Cpu).view([-1]));
+            ps.push(model.forward_leaves(&x, self.len..all, model.precision()).to_device(Device::Cpu).view([-1]));
             ys.push(self.labels.index_select(0, &idx));
         }
         (Tensor::cat(&ps, 0), Tensor::cat(&ys, 0))
@@ -102,7 +107,7 @@ fn compute(model: &Sequential, images: &DirectoryIterator, len: usize, what: &st
     for (i, indices) in order.chunks(images.batch_size()).enumerate() {
         crate::interrupt::check(|| format!("cálculo de las capas congeladas interrumpido tras {} de {n} imágenes: ejecutar otra vez la celda empieza de nuevo.", i * images.batch_size()))?;
         let (x, _) = images.load_batch(indices)?;
-        let out = model.forward_leaves(&x, 0..len);
+        let out = model.forward_leaves(&x, 0..len, model.precision());
         if outputs.is_empty() && (out.numel() / indices.len()) as i64 * 4 * n as i64 > CACHE_LIMIT_BYTES {
             return Ok(None);
         }
@@ -119,7 +124,8 @@ fn compute(model: &Sequential, images: &DirectoryIterator, len: usize, what: &st
 /// The content key: what the first `len` layers compute (names, kinds, output
 /// shapes and weights), the images and labels, the preprocessing and the size.
 /// Whether the layers are trainable does not change their outputs, so it is not
-/// part of it.
+/// part of it; the precision they run in does, when it is not fp32 (the files
+/// made before bf16 existed keep their key).
 fn key(model: &Sequential, len: usize, images: &DirectoryIterator) -> Result<String> {
     let mut h = Sha256::new();
     h.update(b"aula-frozen-prefix-v1\0");
@@ -129,6 +135,10 @@ fn key(model: &Sequential, len: usize, images: &DirectoryIterator) -> Result<Str
     }
     h.update(images.content_key()?);
     h.update(format!("{:?} {:?}", images.generator().preprocessing, images.target_size()));
+    let precision = model.precision();
+    if precision != Precision::Fp32 {
+        h.update(format!(" precision {precision}"));
+    }
     Ok(hex::encode(h.finalize()))
 }
 

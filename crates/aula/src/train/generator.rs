@@ -2,7 +2,7 @@
 //! `evaluate_generator` and `predict_generator` (slide "Alternativa 2": the
 //! conv base inside the model, fed augmented images).
 
-use super::checkpoint::{model_fingerprint, Checkpoint, FolderLock};
+use super::checkpoint::{model_fingerprint, Checkpoint, FolderLock, Session};
 use super::frozen_prefix::{loss_and_accuracy, FrozenPrefixCache};
 use super::{current_seed, interrupted, terminate_on_nan, History};
 use crate::interrupt::{check, Interrupted};
@@ -91,6 +91,9 @@ impl Sequential {
             lines: Vec::new(),
             weights_file: String::new(),
             devices: Vec::new(),
+            epoch_started: Vec::new(),
+            epoch_ended: Vec::new(),
+            sessions: Vec::new(),
         };
         if let Some(dir) = checkpoints {
             if let Some(saved) = Checkpoint::load(dir)? {
@@ -107,17 +110,28 @@ impl Sequential {
                     );
                 }
                 saved.restore(dir, self)?;
+                // The log of the epochs done, as they were printed, each resumption marked.
                 println!(
-                    "Resuming from {}: {} of {epochs} epochs done ({:.0} s)",
-                    Checkpoint::json_path(dir).display(),
+                    "Reanudando desde {}: {} de {epochs} épocas hechas ({:.0} s)",
+                    crate::paths::display_path(&Checkpoint::json_path(dir)),
                     saved.epochs_done,
                     saved.epoch_seconds.iter().sum::<f64>()
                 );
                 for (i, line) in saved.lines.iter().enumerate() {
+                    if let Some(s) = saved.sessions.iter().find(|s| s.first_epoch == i + 1 && i > 0) {
+                        println!("[reanudado en la época {}: {} · {}]", i + 1, s.started, s.device);
+                    }
                     println!("Epoch {}/{epochs}\n{line}", i + 1);
                 }
                 state = saved;
             }
+        }
+        if state.epochs_done < epochs {
+            let session = Session::now(state.epochs_done + 1);
+            if state.epochs_done > 0 {
+                println!("[reanudado en la época {}: {} · {}]", session.first_epoch, session.started, session.device);
+            }
+            state.sessions.push(session);
         }
 
         self.class_indices = Some(generator.class_indices().to_vec());
@@ -126,6 +140,7 @@ impl Sequential {
         let _running = crate::interrupt::Running::start();
         for epoch in state.epochs_done..epochs {
             let start = Instant::now();
+            let started = crate::paths::now_utc();
             tch::manual_seed(epoch_seed(seed, epoch));
             generator.seek_batch((epoch * steps_per_epoch) as u64);
             println!("Epoch {}/{epochs}", epoch + 1);
@@ -192,6 +207,8 @@ impl Sequential {
             state.lines.push(line);
             state.epoch_seconds.push(seconds);
             state.devices.push(crate::device::device_info());
+            state.epoch_started.push(started);
+            state.epoch_ended.push(crate::paths::now_utc());
             state.epochs_done = epoch + 1;
             if let Some(dir) = checkpoints {
                 state.save(dir, self)?;
@@ -226,13 +243,12 @@ impl Sequential {
                 return Ok(cache.predict(self, generator, steps));
             }
         }
-        let _guard = tch::no_grad_guard();
         let _running = crate::interrupt::Running::start();
         let (mut ps, mut ys) = (Vec::new(), Vec::new());
         for step in 0..steps {
             check(|| format!("predicción interrumpida tras {step} de {steps} lotes: no hay resultado; ejecutar otra vez la celda empieza de nuevo."))?;
             let (x, y) = generator.next_batch()?;
-            ps.push(self.forward_t(&x, false).to_device(Device::Cpu).view([-1]));
+            ps.push(self.predict_on_batch(&x).to_device(Device::Cpu).view([-1]));
             ys.push(y);
         }
         Ok((Tensor::cat(&ps, 0), Tensor::cat(&ys, 0)))

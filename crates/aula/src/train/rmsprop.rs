@@ -25,7 +25,12 @@ impl RMSprop {
             .iter()
             .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
         if dense_f32_on_cpu {
-            self.update_in_one_pass(w, g, mean_square)
+            self.update_in_one_pass(w, g, mean_square);
+            // Those writes bypass libtorch, so it does not count them in the
+            // weight's version, which tells a model that its bf16 copy of the
+            // weight is stale (`Layer::weight_like`): an in-place operation on
+            // an empty view of the weight counts one change, at no cost.
+            let _ = w.narrow(0, 0, 0).zero_();
         } else {
             self.update_with_tensor_ops(w, g, mean_square)
         }
@@ -72,6 +77,26 @@ impl RMSprop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both ways of updating count as a change of the weight (its version),
+    /// which is how a model knows its bf16 copy of that weight is stale.
+    #[test]
+    fn an_update_changes_the_weights_version() {
+        let opt = RMSprop::new(1e-3);
+        for n in [10, 300_001] {
+            let mut w = Tensor::randn([n], (Kind::Float, Device::Cpu));
+            let mut ms = w.zeros_like();
+            let g = w.ones_like();
+            let before = w.internal_version();
+            tch::no_grad(|| opt.update(&mut w, &g, &mut ms));
+            assert!(w.internal_version() > before);
+            let mut strided = Tensor::randn([n, 2], (Kind::Float, Device::Cpu)).select(1, 0);
+            let (g, mut ms) = (strided.ones_like(), strided.zeros_like());
+            let before = strided.internal_version();
+            tch::no_grad(|| opt.update(&mut strided, &g, &mut ms));
+            assert!(strided.internal_version() > before, "the tensor-operation path");
+        }
+    }
 
     #[test]
     fn one_pass_update_equals_the_tensor_operations() {

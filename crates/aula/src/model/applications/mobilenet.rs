@@ -148,7 +148,7 @@ mod tests {
         // By hand: the features' mean over the map, times the kernel seen as (1024, 1000).
         let leaves = model.leaves();
         let base = leaves.iter().position(|(l, _)| l.name == "global_average_pooling2d").unwrap();
-        let features = model.forward_leaves(&x, 0..base).mean_dim([2, 3].as_slice(), false, Kind::Float);
+        let features = model.forward_leaves(&x, 0..base, crate::precision::Precision::Fp32).mean_dim([2, 3].as_slice(), false, Kind::Float);
         let w = model.get_weights();
         let kernel = w["conv_preds/kernel"].reshape([1024, 1000]).to_device(x.device());
         let logits = features.matmul(&kernel) + w["conv_preds/bias"].to_device(x.device());
