@@ -125,12 +125,17 @@ def open_notebook(driver, lab, name):
 
 
 def run_all_and_wait(driver, name):
+    # The notebooks carry stored outputs and execution counts: clear them first (a test
+    # harness's step, not the student's), so that a count means "ran in this session".
+    run(driver, "notebook:clear-all-cell-outputs")
+    wait_for("the outputs to clear", lambda: not any(c and c["n"] for c in driver.execute_script(CELLS)), timeout=30)
     run(driver, "notebook:run-all-cells")
+    idle_polls = []
     def done():
         cells = [c for c in driver.execute_script(CELLS) if c is not None]
-        busy = driver.execute_script(KERNEL_IDLE) != "idle"
-        return cells if not busy and all(c["n"] for c in cells) else None
-    time.sleep(2)
+        # Idle twice in a row with every code cell counted: the kernel is idle between cells too.
+        idle_polls.append(driver.execute_script(KERNEL_IDLE) == "idle" and all(c["n"] for c in cells))
+        return cells if idle_polls[-2:] == [True, True] else None
     return wait_for(f"every cell of {name} to run", done, every=2)
 
 

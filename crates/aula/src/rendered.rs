@@ -68,7 +68,7 @@ pub const RENDER_VAR: &str = "AULA_RENDER";
 /// }
 /// ```
 pub fn render_here(step: &str, what: &str) -> bool {
-    if std::env::var_os(RENDER_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+    if render_mode() {
         return true;
     }
     let provenance = step_dir(step)
@@ -77,6 +77,11 @@ pub fn render_here(step: &str, what: &str) -> bool {
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
     println!("{}", guard_message(step, what, provenance.as_ref()));
     false
+}
+
+/// Instructor mode: `AULA_RENDER` set to anything but "" or "0".
+fn render_mode() -> bool {
+    std::env::var_os(RENDER_VAR).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// What [`render_here`] says outside instructor mode.
@@ -138,6 +143,13 @@ pub fn save_history(step: &str, history: &History, checkpoints: &Path, extra: Va
 }
 
 fn save_impl(step: &str, history: &History, model: Option<&Sequential>, checkpoints: &Path, extra: Value) -> Result<PathBuf> {
+    // The recorded runs are the instructor's: a student's cell never replaces them.
+    if !render_mode() {
+        bail!(
+            "assets/rendered/{step}/ is written only in instructor mode (`{RENDER_COMMAND}`, or {RENDER_VAR}=1): \
+             the recorded run is kept as it was"
+        );
+    }
     let Some(run) = crate::train::Checkpoint::load(checkpoints)? else {
         bail!("no checkpoint in {}: save() records a training made with fit_generator_with_checkpoints", checkpoints.display());
     };

@@ -361,6 +361,11 @@ fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_co
     let again = trained.fit_generator_with_checkpoints(&mut gen, 4, 2, Some(&mut val), 2, &dir).unwrap();
     assert_eq!(again, history);
 
+    // Only in instructor mode (make render sets AULA_RENDER): a student's cell never replaces a record.
+    std::env::remove_var("AULA_RENDER");
+    let err = aula::rendered::save("tiny", &history, &trained, &dir, json!({})).unwrap_err().to_string();
+    assert!(err.contains("only in instructor mode") && !tmp.path().join("assets/rendered/tiny").exists(), "{err}");
+    std::env::set_var("AULA_RENDER", "1");
     let step_dir = aula::rendered::save("tiny", &history, &trained, &dir, json!({"recipe": "test"})).unwrap();
     let read = |p: &Path| -> aula::serde_json::Value { aula::serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
     let path = step_dir.join("provenance.json");
