@@ -145,13 +145,14 @@ finally:
 EOF
 
 echo "test 2: aula-runner's --timeout interrupts the same way"
+# (2,000 training images, uncached: about a minute of extraction even with bf16 on AMX, well past --timeout.)
 nb=$out/interrupt.ipynb
 "$venv/bin/python" - "$nb" "$data" <<'EOF'
 import json, sys
 nb, data = sys.argv[1:]
 cells = ["let keep = 7;",
          'let conv_base = VGG16("imagenet", false, (150, 150, 3))?;\n'
-         f'let generator = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory("{data}/validation", (150, 150), 20, ClassMode::Binary)?;',
+         f'let generator = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory("{data}/train", (150, 150), 20, ClassMode::Binary)?;',
          "let features = aula::features::extract_features(&conv_base, &generator)?;",
          "keep * 2"]
 json.dump({"nbformat": 4, "nbformat_minor": 5,
