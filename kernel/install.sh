@@ -137,6 +137,10 @@ else
     say "rebuilding the template from $seed (only what changed recompiles)"
     ( flock -s 8; AULA_KERNEL_COPY=link bash "$repo/kernel/copy-template.sh" "$seed" "$new" ) 8< "$(dirname "$seed")/template.lock"
     rm -f "$new/.complete"
+    # aula's incremental sessions are not reused: rebuilding aula incrementally on top of
+    # another build's sessions has failed to link (rust-lld: undefined hidden symbol
+    # anon.*.llvm.*); deleting them fixed it. aula alone then compiles afresh (≈ 1 min).
+    rm -rf "$new"/target/debug/incremental/aula-* "$new"/target/*/debug/incremental/aula-*
   else
     say "building the template from scratch (≈ 15 min on 2 cores, once)"
   fi
