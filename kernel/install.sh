@@ -110,8 +110,11 @@ fingerprint() {
        kernel/install.sh kernel/launch.sh kernel/build-template.py)
     # Content and modification time: cargo rebuilds on a newer mtime even if the content is
     # the same (a checkout), and every kernel would then recompile aula.
-    (cd "$repo/crates/aula" && find . -path ./target -prune -o -type f -printf '%P %T@\n' | LC_ALL=C sort \
-       && find . -path ./target -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    # aula and the one workspace crate it depends on (aula-paths).
+    for crate in aula aula-paths; do
+      (cd "$repo/crates/$crate" && find . -path ./target -prune -o -type f -printf '%P %T@\n' | LC_ALL=C sort \
+         && find . -path ./target -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    done
   } | sha256sum | cut -d' ' -f1
 }
 want=$(fingerprint)

@@ -24,13 +24,7 @@ pub fn find_nbconvert() -> Option<PathBuf> {
 
 /// `${AULA_CACHE:-$HOME/.cache/aula}/venv-jupyter`.
 pub fn default_venv() -> PathBuf {
-    let cache = std::env::var_os("AULA_CACHE")
-        .filter(|c| !c.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/aula")
-        });
-    cache.join("venv-jupyter")
+    aula_paths::cache_dir().join("venv-jupyter")
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -91,6 +85,8 @@ pub async fn render(nbconvert: &Path, ipynb: &Path, html: &Path) -> Result<(), S
             tail.join("\n")
         ));
     }
-    std::fs::rename(tmp.path().join(format!("{stem}.html")), html)
+    // Moved onto the atomic writer's temporary file, which is then synced and renamed.
+    let rendered = tmp.path().join(format!("{stem}.html"));
+    aula_paths::write_atomic_with(html, |dest| std::fs::rename(&rendered, dest))
         .map_err(|e| format!("cannot move the HTML to {}: {e}", html.display()))
 }

@@ -6,7 +6,6 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A notebook read from disk.
@@ -279,37 +278,9 @@ fn sort_keys(value: &Value) -> Value {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to
-/// disk, then renamed over `path`. An existing file's permissions are kept.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("notebook");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    match std::fs::metadata(path) {
-        Ok(meta) => tmp.as_file().set_permissions(meta.permissions())?,
-        Err(_) => {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                // What a plain create would give (0666 less the usual umask).
-                tmp.as_file()
-                    .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-            }
-        }
-    }
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
+/// disk, then renamed over `path`; an existing file's permissions are kept. The one
+/// implementation shared with the library ([`aula_paths::write_atomic_with`]).
+pub use aula_paths::write_atomic;
 
 #[cfg(test)]
 mod tests {

@@ -133,10 +133,9 @@ pub(crate) fn load_cached(path: &Path, samples: usize) -> Option<(Tensor, Tensor
 pub(crate) fn store(path: &Path, features: &Tensor, labels: &Tensor) -> Result<()> {
     let dir = path.parent().expect("cache path has a folder");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = crate::paths::tmp_path(path);
-    Tensor::write_safetensors(&[("features", features), ("labels", labels)], &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    crate::paths::write_atomic_with(path, |tmp| {
+        Ok(Tensor::write_safetensors(&[("features", features), ("labels", labels)], tmp)?)
+    })
 }
 
 fn load(path: &Path, samples: usize) -> Result<(Tensor, Tensor)> {

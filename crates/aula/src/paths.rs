@@ -1,22 +1,9 @@
-//! Where aula keeps what it downloads and computes, outside the checkout.
+//! Where aula keeps what it downloads and computes, outside the checkout, and how it
+//! writes files: [`aula_paths`] (shared with aula-runner), plus what only the library needs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// `AULA_CACHE`, else `~/.cache/aula`: converted weights, extracted features.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AULA_CACHE") {
-        return PathBuf::from(dir);
-    }
-    home_dir().join(".cache").join("aula")
-}
-
-/// `~/.keras/models`, where Keras (and the slide "Importación de VGG16") keeps weights.
-pub fn keras_models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KERAS_HOME") {
-        return PathBuf::from(dir).join("models");
-    }
-    home_dir().join(".keras").join("models")
-}
+pub use aula_paths::{cache_dir, keras_models_dir};
 
 /// `path` as a recorded log shows it: relative to the repository when inside
 /// it, `~/…` under the home folder, else as it is. A notebook's stored outputs
@@ -26,8 +13,9 @@ pub fn display_path(path: &Path) -> String {
     if let Some(rel) = repo.and_then(|r| path.strip_prefix(r).ok()) {
         return rel.display().to_string();
     }
-    match path.strip_prefix(home_dir()) {
-        Ok(rel) if home_dir().is_absolute() => format!("~/{}", rel.display()),
+    let home = aula_paths::home_dir();
+    match path.strip_prefix(&home) {
+        Ok(rel) if home.is_absolute() => format!("~/{}", rel.display()),
         _ => path.display().to_string(),
     }
 }
@@ -41,33 +29,18 @@ pub fn now_utc() -> String {
         .unwrap_or_default()
 }
 
-fn home_dir() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
-}
-
 /// Writes `bytes` to `path` atomically: a reader never sees half a file, and a
-/// failed write leaves the previous file as it was.
+/// failed write leaves the previous file as it was ([`aula_paths::write_atomic_with`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
-    use std::io::Write;
-    let tmp = tmp_path(path);
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    aula_paths::write_atomic(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// A sibling temporary name for atomic writes (same folder, so rename is atomic).
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
+/// Writes `path` atomically through a writer that takes a path (libtorch's safetensors,
+/// HDF5): `write` fills a temporary file beside `path`, which then replaces `path`.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    aula_paths::write_atomic_with(path, write).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
@@ -78,7 +51,7 @@ mod tests {
     fn recorded_paths_are_relative_to_the_repository_or_home() {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap();
         assert_eq!(display_path(&repo.join("assets/rendered/x")), "assets/rendered/x");
-        let home = home_dir();
+        let home = aula_paths::home_dir();
         if home.is_absolute() && !repo.starts_with(&home) {
             assert_eq!(display_path(&home.join(".cache/aula/checkpoints")), "~/.cache/aula/checkpoints");
         }

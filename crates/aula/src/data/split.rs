@@ -111,12 +111,8 @@ pub fn make_split(kaggle_train: &Path, dest: &Path) -> Result<()> {
 /// whatever `dst` was (a file, a hard link or a symlink to `src`) is replaced
 /// as a directory entry, and `src` is only ever read.
 fn copy_replacing(src: &Path, dst: &Path) -> Result<()> {
-    let tmp = crate::paths::tmp_path(dst);
-    let result = std::fs::copy(src, &tmp).and_then(|_| std::fs::rename(&tmp, dst));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))
+    aula_paths::write_atomic_with(dst, |tmp| std::fs::copy(src, tmp).map(drop))
+        .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))
 }
 
 /// Fails, naming the folder and the files, when a class folder of `dest`

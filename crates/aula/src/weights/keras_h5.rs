@@ -80,9 +80,7 @@ fn datasets_under(group: &hdf5::Group) -> Result<Vec<String>> {
 /// `save_weights` does: a group per layer holding `<layer>/<weight>:0`
 /// datasets, with the `layer_names` and `weight_names` attributes Keras reads.
 pub fn write_keras_h5(tensors: &NamedTensors, path: &Path) -> Result<()> {
-    let tmp = crate::paths::tmp_path(path);
-    write_h5(tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    crate::paths::write_atomic_with(path, |tmp| write_h5(tensors, tmp))
 }
 
 fn write_h5(tensors: &NamedTensors, path: &Path) -> Result<()> {

@@ -99,11 +99,8 @@ pub fn write_safetensors(tensors: &NamedTensors, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let tmp = crate::paths::tmp_path(path);
     let list: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    Tensor::write_safetensors(&list, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::paths::write_atomic_with(path, |tmp| Ok(Tensor::write_safetensors(&list, tmp)?))
 }
 
 /// The file Keras downloads for `VGG16(weights='imagenet', include_top=False)`.
