@@ -30,6 +30,9 @@ pub mod rendered;
 pub mod train;
 pub mod weights;
 
+#[cfg(test)]
+mod key_pins;
+
 pub use anyhow::{Error, Result};
 pub use serde_json;
 pub use tch::{Device, Kind, Tensor};

@@ -208,3 +208,37 @@ fn predictions_reuse_the_frozen_layers_outputs_from_disk() {
     assert!(recomputed.equal(&p_changed));
     assert!(files.iter().any(|f| Tensor::read_safetensors(f).is_ok()), "the damaged file was not rewritten");
 }
+
+/// The key of today's feature files, pinned: a change makes every user's
+/// feature cache cold (minutes of extraction). Change it only on purpose.
+#[test]
+fn the_feature_cache_key_is_unchanged() {
+    cache_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pinned");
+    for (class, colour) in [("cats", [200u8, 80, 40]), ("dogs", [40, 90, 220])] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..3u8 {
+            let img = image::RgbImage::from_fn(40, 30, |x, y| {
+                image::Rgb([colour[0].wrapping_add(i * 7), colour[1] ^ (x as u8), colour[2] ^ (y as u8)])
+            });
+            img.save(data.join(class).join(format!("{class}.{i}.png"))).unwrap();
+        }
+    }
+    let mut base = Sequential::new("base");
+    base.add(Conv2D(4, 3).activation("relu").input_shape(&[32, 32, 3]).name("block1_conv1")).unwrap();
+    base.add(MaxPooling2D(2).name("block1_pool")).unwrap();
+    let ramp: aula::weights::NamedTensors = base
+        .get_weights()
+        .into_iter()
+        .map(|(name, t)| (name, (Tensor::arange(t.numel() as i64, (tch::Kind::Float, tch::Device::Cpu)) / 1000.0).reshape(t.size())))
+        .collect();
+    base.set_weights_by_name(&ramp, "test").unwrap();
+    let generator = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(&data, (32, 32), 4, ClassMode::Binary).unwrap();
+    base.set_precision(Precision::Fp32);
+    let fp32 = extract_features(&base, &generator).unwrap();
+    base.set_precision(Precision::Bf16);
+    let bf16 = extract_features(&base, &generator).unwrap();
+    let names = [&fp32.path, &bf16.path].map(|p| p.file_name().unwrap().to_string_lossy().into_owned());
+    assert_eq!(names, ["5baa197482fa0ea3d6cdfc8e6ec567f9.safetensors", "1317f2db68534ec5985f4e22cb85f30a.safetensors"]);
+}

@@ -126,7 +126,7 @@ fn compute(model: &Sequential, images: &DirectoryIterator, len: usize, what: &st
 /// Whether the layers are trainable does not change their outputs, so it is not
 /// part of it; the precision they run in does, when it is not fp32 (the files
 /// made before bf16 existed keep their key).
-fn key(model: &Sequential, len: usize, images: &DirectoryIterator) -> Result<String> {
+pub(crate) fn key(model: &Sequential, len: usize, images: &DirectoryIterator) -> Result<String> {
     let mut h = Sha256::new();
     h.update(b"aula-frozen-prefix-v1\0");
     for (layer, _) in &model.leaves()[..len] {

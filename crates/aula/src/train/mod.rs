@@ -1,8 +1,8 @@
 //! `model.compile(...)`, `model.fit(...)`, `model.evaluate(...)` and the `History`
 //! they leave, with binary crossentropy, accuracy and Keras's RMSprop.
 
-mod checkpoint;
-mod frozen_prefix;
+pub(crate) mod checkpoint;
+pub(crate) mod frozen_prefix;
 mod generator;
 mod rmsprop;
 
