@@ -13,10 +13,9 @@
 use crate::data::DirectoryIterator;
 use crate::model::Sequential;
 use crate::precision::Precision;
-use crate::weights::NamedTensors;
-use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use crate::cache::{self, load_cached, store, FeatureKey, KeyHasher};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 /// Feature maps in Keras order (N, H, W, C) and labels (N,), on the CPU.
@@ -41,20 +40,9 @@ impl Features {
 
 /// SHA-256 over every weight of a model (names, shapes and values).
 pub fn weights_fingerprint(model: &Sequential) -> String {
-    let mut hasher = Sha256::new();
-    hash_weights(&mut hasher, &model.get_weights());
-    hex::encode(hasher.finalize())
-}
-
-/// Feeds each weight's name, shape and values (f32, little-endian) to `hasher`.
-pub(crate) fn hash_weights(hasher: &mut Sha256, weights: &NamedTensors) {
-    for (name, t) in weights {
-        hasher.update(name.as_bytes());
-        hasher.update(format!("{:?}", t.size()).as_bytes());
-        let values = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap_or_default();
-        // One update per tensor, not per value: the same digest, hashed faster.
-        hasher.update(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
-    }
+    let mut hasher = KeyHasher::new();
+    hasher.weights(&model.get_weights());
+    hasher.finish()
 }
 
 /// Runs `conv_base` once over every image of `generator` (in file order), with a progress bar; loads the result from the cache when the
@@ -68,22 +56,16 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
         );
     }
     let precision = conv_base.precision();
-    let key = {
-        let mut h = Sha256::new();
-        h.update(weights_fingerprint(conv_base));
-        h.update(generator.content_key()?);
-        // Preprocessing, image size and order change the features too.
-        // (The text is the one used before augmentation existed, so existing caches stay valid.)
-        let preprocessing = format!("ImageDataGenerator {{ preprocessing: {:?} }}", generator.generator().preprocessing);
-        h.update(format!("{preprocessing} {:?} {:?}", generator.target_size(), conv_base.input_shape()));
-        // bf16 features differ from fp32 ones in the third digit. (Nothing is
-        // added for fp32, so the caches made before bf16 existed stay valid.)
-        if precision != Precision::Fp32 {
-            h.update(format!(" precision {precision}"));
-        }
-        hex::encode(h.finalize())
+    // Preprocessing, image size and order change the features too.
+    let key = FeatureKey {
+        weights: weights_fingerprint(conv_base),
+        images: generator.content_key()?,
+        preprocessing: &generator.generator().preprocessing,
+        target_size: generator.target_size(),
+        input_shape: conv_base.input_shape(),
+        precision,
     };
-    let path = cache_path(&key);
+    let path = cache::path(&key.digest());
     if let Some((features, labels)) = load_cached(&path, generator.samples()) {
         return Ok(Features { features, labels, path, cached: true, precision });
     }
@@ -112,42 +94,4 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
     let (features, labels) = (Tensor::cat(&features, 0), Tensor::cat(&labels, 0));
     store(&path, &features, &labels)?;
     Ok(Features { features, labels, path, cached: false, precision })
-}
-
-/// Where the features of content key `key` are kept: `<cache>/features/`.
-pub(crate) fn cache_path(key: &str) -> PathBuf {
-    crate::paths::cache_dir().join("features").join(format!("{}.safetensors", &key[..32]))
-}
-
-/// Features and labels from a cache file, when there is one for `samples`
-/// images and `AULA_NO_FEATURE_CACHE` is not set. A damaged file is reported
-/// and ignored: the caller computes them again.
-pub(crate) fn load_cached(path: &Path, samples: usize) -> Option<(Tensor, Tensor)> {
-    if !path.exists() || std::env::var_os("AULA_NO_FEATURE_CACHE").is_some() {
-        return None;
-    }
-    load(path, samples).map_err(|e| eprintln!("warning: ignoring the feature cache: {e:#}")).ok()
-}
-
-/// Writes features and labels to a cache file, atomically.
-pub(crate) fn store(path: &Path, features: &Tensor, labels: &Tensor) -> Result<()> {
-    let dir = path.parent().expect("cache path has a folder");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    crate::paths::write_atomic_with(path, |tmp| {
-        Ok(Tensor::write_safetensors(&[("features", features), ("labels", labels)], tmp)?)
-    })
-}
-
-fn load(path: &Path, samples: usize) -> Result<(Tensor, Tensor)> {
-    let mut tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
-        .with_context(|| format!("{} is damaged", path.display()))?
-        .into_iter()
-        .collect();
-    let (Some(f), Some(l)) = (tensors.remove("features"), tensors.remove("labels")) else {
-        bail!("{} lacks features or labels", path.display())
-    };
-    if f.size()[0] != samples as i64 || l.size()[0] != samples as i64 {
-        bail!("{} holds {} samples, expected {samples}", path.display(), f.size()[0]);
-    }
-    Ok((f, l))
 }

@@ -13,6 +13,7 @@
 //! - [`rendered`]: the results of the "no ejecutar en clase" cells, restored in class;
 //! - [`comparison`]: VGG16 against lighter backbones (notebook 04).
 
+mod cache;
 pub mod comparison;
 pub mod curves;
 pub mod data;

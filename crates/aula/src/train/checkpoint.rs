@@ -12,10 +12,9 @@ use super::{History, RMSprop};
 use crate::model::Sequential;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 const FORMAT: u32 = 1;
 
@@ -136,18 +135,15 @@ impl FolderLock {
 
 /// The identity of a model for resuming: see [`Checkpoint::model`].
 pub(crate) fn model_fingerprint(model: &Sequential) -> String {
-    let mut h = Sha256::new();
+    let mut h = crate::cache::KeyHasher::new();
     for (name, t, trainable) in model.named_weights() {
-        h.update(format!("{name} {:?} {trainable}\n", t.size()));
+        h.text(format!("{name} {:?} {trainable}\n", t.size()));
         if !trainable {
             // Frozen weights must be the same values (e.g. the ImageNet base).
-            let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
-            let mut bytes = vec![0u8; t.numel() * 4];
-            t.copy_data_u8(&mut bytes, t.numel());
-            h.update(&bytes);
+            h.values(t);
         }
     }
-    hex::encode(h.finalize())
+    h.finish()
 }
 
 impl Checkpoint {

@@ -12,11 +12,9 @@
 
 use super::{binary_accuracy, binary_crossentropy};
 use crate::data::DirectoryIterator;
-use crate::features::{cache_path, hash_weights, load_cached, store};
+use crate::cache::{self, load_cached, store, FrozenPrefixKey};
 use crate::model::{Layer, Sequential};
-use crate::precision::Precision;
 use anyhow::Result;
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 pub(super) struct FrozenPrefixCache {
@@ -44,7 +42,7 @@ impl FrozenPrefixCache {
     /// layers (notebook 03's test set, in every class run) skips them.
     pub(super) fn load_or_build(model: &Sequential, images: &DirectoryIterator) -> Result<Option<FrozenPrefixCache>> {
         let Some(len) = frozen_len(model, images) else { return Ok(None) };
-        let path = cache_path(&format!("frozen-{}", key(model, len, images)?));
+        let path = cache::path(&format!("frozen-{}", key(model, len, images)?));
         let last = model.leaves()[len - 1].0.name.clone();
         if let Some((outputs, labels)) = load_cached(&path, images.samples()) {
             eprintln!("the frozen layers' outputs (up to {last}) for these {} images come from {}", images.samples(), path.display());
@@ -127,19 +125,14 @@ fn compute(model: &Sequential, images: &DirectoryIterator, len: usize, what: &st
 /// part of it; the precision they run in does, when it is not fp32 (the files
 /// made before bf16 existed keep their key).
 pub(crate) fn key(model: &Sequential, len: usize, images: &DirectoryIterator) -> Result<String> {
-    let mut h = Sha256::new();
-    h.update(b"aula-frozen-prefix-v1\0");
-    for (layer, _) in &model.leaves()[..len] {
-        h.update(describe(layer));
-        hash_weights(&mut h, &layer.get_weights());
-    }
-    h.update(images.content_key()?);
-    h.update(format!("{:?} {:?}", images.generator().preprocessing, images.target_size()));
-    let precision = model.precision();
-    if precision != Precision::Fp32 {
-        h.update(format!(" precision {precision}"));
-    }
-    Ok(hex::encode(h.finalize()))
+    let key = FrozenPrefixKey {
+        layers: model.leaves()[..len].iter().map(|(layer, _)| (describe(layer), layer.get_weights())).collect(),
+        images: images.content_key()?,
+        preprocessing: &images.generator().preprocessing,
+        target_size: images.target_size(),
+        precision: model.precision(),
+    };
+    Ok(key.digest())
 }
 
 /// A layer's name, kind and output shape; a merge, with its branches' layers.
