@@ -49,7 +49,7 @@ fn main() -> Result<()> {
     aula::device::configure_threads();
     match Cli::parse().command {
         Command::Weights { model, source } => {
-            let path = aula::weights::import(&model, &source)?;
+            let path = aula::convert::import(&model, &source)?;
             println!("{model} ImageNet weights ready: {}", path.display());
         }
         Command::Lesson(args) => lesson::run(args)?,

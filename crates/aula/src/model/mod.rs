@@ -18,7 +18,7 @@ pub use summary::{thousands, Summary};
 pub use applications::vgg16::{vgg16, VGG16};
 
 use crate::precision::Precision;
-use crate::weights::NamedTensors;
+use crate::weights::{layout, NamedTensors};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -832,25 +832,19 @@ impl Sequential {
 /// (H, W, C, depth_multiplier). PyTorch's are OIHW and (C·m, 1, H, W).
 fn keras_layout(kind: &LayerKind, param: &str, t: &Tensor) -> Tensor {
     match (kind, param) {
-        (LayerKind::Conv2D { .. }, "kernel") | (_, "pointwise_kernel") => t.permute([2, 3, 1, 0]),
+        (LayerKind::Conv2D { .. }, "kernel") | (_, "pointwise_kernel") => layout::conv_to_keras(t),
         (
             LayerKind::DepthwiseConv2D { depth_multiplier: m, .. } | LayerKind::SeparableConv2D { depth_multiplier: m, .. },
             "depthwise_kernel",
-        ) => {
-            let s = t.size();
-            t.reshape([s[0] / m, *m, s[2], s[3]]).permute([2, 3, 0, 1])
-        }
+        ) => layout::depthwise_to_keras(t, *m),
         _ => t.shallow_clone(),
     }
 }
 
 fn from_keras_layout(kind: &LayerKind, param: &str, t: &Tensor) -> Tensor {
     match (kind, param) {
-        (LayerKind::Conv2D { .. }, "kernel") | (_, "pointwise_kernel") => t.permute([3, 2, 0, 1]),
-        (_, "depthwise_kernel") => {
-            let s = t.size();
-            t.permute([2, 3, 0, 1]).reshape([s[2] * s[3], 1, s[0], s[1]])
-        }
+        (LayerKind::Conv2D { .. }, "kernel") | (_, "pointwise_kernel") => layout::conv_from_keras(t),
+        (_, "depthwise_kernel") => layout::depthwise_from_keras(t),
         _ => t.shallow_clone(),
     }
 }

