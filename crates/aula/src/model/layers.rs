@@ -5,7 +5,7 @@
 #![allow(non_snake_case)]
 
 use super::padding::Padding;
-use super::{glorot_uniform, Activation, Layer, LayerKind, Sequential};
+use super::{glorot_uniform, ActivationFn, Layer, LayerKind, Sequential};
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
@@ -282,7 +282,7 @@ impl LayerSpec {
             }
             model.input_shape = Some(shape.clone());
         }
-        let activation: Activation = self.activation.parse()?;
+        let activation: ActivationFn = self.activation.parse()?;
         let padding: Padding = self.padding.parse()?;
         let device = model.device;
         let input = match (&self.kind, model.output_shape()) {

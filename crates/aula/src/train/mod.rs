@@ -4,104 +4,18 @@
 pub(crate) mod checkpoint;
 pub(crate) mod frozen_prefix;
 mod generator;
-mod rmsprop;
 
+pub use crate::history::History;
+pub use crate::optimizers::RMSprop;
 pub use checkpoint::Checkpoint;
-pub use rmsprop::RMSprop;
 
-use crate::model::Sequential;
+use crate::model::{Compiled, Sequential};
 use crate::precision::Precision;
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-/// Keras's `History.history`: one value per epoch.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct History {
-    #[serde(with = "json_floats")]
-    pub loss: Vec<f64>,
-    #[serde(with = "json_floats")]
-    pub acc: Vec<f64>,
-    #[serde(with = "json_floats", default)]
-    pub val_loss: Vec<f64>,
-    #[serde(with = "json_floats", default)]
-    pub val_acc: Vec<f64>,
-}
-
-/// History values as JSON numbers, and the non-finite ones (a NaN loss) as the
-/// strings "NaN", "Infinity" and "-Infinity": JSON has no number for them, and
-/// serde_json would write `null`, which then fails to read back as a number
-/// (a checkpoint unreadable by its own training). `null`, which earlier aula
-/// versions wrote, reads back as NaN.
-mod json_floats {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-    use serde_json::Value;
-
-    pub fn serialize<S: Serializer>(values: &[f64], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(values.iter().map(|&v| match v {
-            v if v.is_finite() => Value::from(v),
-            v if v.is_nan() => Value::from("NaN"),
-            v if v > 0.0 => Value::from("Infinity"),
-            _ => Value::from("-Infinity"),
-        }))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-        Vec::<Value>::deserialize(d)?
-            .into_iter()
-            .map(|v| match v {
-                Value::Number(n) => n.as_f64().ok_or_else(|| D::Error::custom(format!("{n} is not a float"))),
-                Value::Null => Ok(f64::NAN),
-                Value::String(s) if s == "NaN" => Ok(f64::NAN),
-                Value::String(s) if s == "Infinity" => Ok(f64::INFINITY),
-                Value::String(s) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
-                other => Err(D::Error::custom(format!("expected a number, \"NaN\" or \"Infinity\", found {other}"))),
-            })
-            .collect()
-    }
-}
-
-impl History {
-    pub fn epochs(&self) -> usize {
-        self.loss.len()
-    }
-
-    /// Best validation accuracy and the (1-based) epoch it was reached.
-    pub fn best_val_acc(&self) -> Option<(f64, usize)> {
-        self.val_acc
-            .iter()
-            .enumerate()
-            .fold(None, |best, (i, &v)| match best {
-                Some((b, _)) if b >= v => best,
-                _ => Some((v, i + 1)),
-            })
-    }
-
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let json = serde_json::to_vec_pretty(self)?;
-        crate::paths::write_atomic(path, &json)
-    }
-
-    pub fn load(path: impl AsRef<Path>) -> Result<History> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read history {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a valid history file", path.display()))
-    }
-}
-
-/// What `compile` fixed: the optimizer, and which weights it updates. Keras
-/// reads `trainable` flags at compile time only; so do we.
-#[derive(Debug)]
-pub(crate) struct Compiled {
-    optimizer: RMSprop,
-    trainable: Vec<String>,
-    /// RMSprop's running mean of squared gradients, per weight.
-    mean_square: BTreeMap<String, Tensor>,
-}
 
 /// Keras clips probabilities to [1e-7, 1 - 1e-7] before taking logs.
 const EPSILON: f64 = 1e-7;

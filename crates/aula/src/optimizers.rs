@@ -1,6 +1,7 @@
-//! Keras's RMSprop, written here rather than taken from libtorch because its
-//! defaults differ (rho 0.9, epsilon 1e-7) and because its state must be saved
-//! in checkpoints.
+//! Keras's optimizers (`keras.optimizers`): RMSprop, written here rather than
+//! taken from libtorch because its defaults differ (rho 0.9, epsilon 1e-7) and
+//! because its state must be saved in checkpoints. Plain data, below both
+//! [`crate::model`] (which keeps the compiled one) and [`crate::train`].
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
