@@ -40,9 +40,34 @@ fn is_executable(path: &Path) -> bool {
     }
 }
 
+/// Why no HTML was made.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot create a temporary folder in {}: {error}", dir.display())]
+    TempDir { dir: PathBuf, error: std::io::Error },
+    #[error("{} took over {} s", .0.display(), NBCONVERT_TIMEOUT.as_secs())]
+    Timeout(PathBuf),
+    #[error("cannot run {}: {error}", nbconvert.display())]
+    Spawn {
+        nbconvert: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{} failed ({status}):\n{tail}", nbconvert.display())]
+    Failed {
+        nbconvert: PathBuf,
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+    #[error("cannot move the HTML to {}: {error}", html.display())]
+    Move {
+        html: PathBuf,
+        error: std::io::Error,
+    },
+}
+
 /// Renders `ipynb` to `html` (atomically: nbconvert writes into a temporary folder
 /// beside `html`, then the file is renamed into place).
-pub async fn render(nbconvert: &Path, ipynb: &Path, html: &Path) -> Result<(), String> {
+pub async fn render(nbconvert: &Path, ipynb: &Path, html: &Path) -> Result<(), RenderError> {
     let dir = html
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -50,7 +75,10 @@ pub async fn render(nbconvert: &Path, ipynb: &Path, html: &Path) -> Result<(), S
     let tmp = tempfile::Builder::new()
         .prefix(".nbconvert-")
         .tempdir_in(dir)
-        .map_err(|e| format!("cannot create a temporary folder in {}: {e}", dir.display()))?;
+        .map_err(|error| RenderError::TempDir {
+            dir: dir.to_path_buf(),
+            error,
+        })?;
     let stem = "rendered";
     let mut cmd = tokio::process::Command::new(nbconvert);
     cmd.arg("--to")
@@ -64,29 +92,31 @@ pub async fn render(nbconvert: &Path, ipynb: &Path, html: &Path) -> Result<(), S
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let output = match tokio::time::timeout(NBCONVERT_TIMEOUT, cmd.output()).await {
-        Err(_) => {
-            return Err(format!(
-                "{} took over {} s",
-                nbconvert.display(),
-                NBCONVERT_TIMEOUT.as_secs()
-            ))
+        Err(_) => return Err(RenderError::Timeout(nbconvert.to_path_buf())),
+        Ok(Err(error)) => {
+            return Err(RenderError::Spawn {
+                nbconvert: nbconvert.to_path_buf(),
+                error,
+            })
         }
-        Ok(Err(e)) => return Err(format!("cannot run {}: {e}", nbconvert.display())),
         Ok(Ok(o)) => o,
     };
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = err.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(format!(
-            "{} failed ({}):\n{}",
-            nbconvert.display(),
-            output.status,
-            tail.join("\n")
-        ));
+        return Err(RenderError::Failed {
+            nbconvert: nbconvert.to_path_buf(),
+            status: output.status,
+            tail: tail.join("\n"),
+        });
     }
     // Moved onto the atomic writer's temporary file, which is then synced and renamed.
     let rendered = tmp.path().join(format!("{stem}.html"));
-    aula_paths::write_atomic_with(html, |dest| std::fs::rename(&rendered, dest))
-        .map_err(|e| format!("cannot move the HTML to {}: {e}", html.display()))
+    aula_paths::write_atomic_with(html, |dest| std::fs::rename(&rendered, dest)).map_err(|error| {
+        RenderError::Move {
+            html: html.to_path_buf(),
+            error,
+        }
+    })
 }

@@ -8,7 +8,6 @@
 
 use jupyter_protocol::JupyterKernelspec;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Environment variable naming the Python prefix (a venv) whose `share/jupyter` is searched.
@@ -87,55 +86,38 @@ pub struct FoundKernel {
 }
 
 /// No kernelspec with that name, or an unreadable one.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum KernelspecError {
+    #[error("{}", not_found(name, found, searched))]
     NotFound {
         name: String,
         found: Vec<FoundKernel>,
         searched: Vec<PathBuf>,
     },
-    Invalid {
-        path: PathBuf,
-        message: String,
-    },
+    #[error("invalid kernelspec {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
 }
 
-impl fmt::Display for KernelspecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KernelspecError::NotFound {
-                name,
-                found,
-                searched,
-            } => {
-                write!(f, "no Jupyter kernel named {name:?}.")?;
-                if found.is_empty() {
-                    write!(f, " No kernelspecs were found at all.")?;
-                } else {
-                    write!(f, " Kernels found:")?;
-                    for k in found {
-                        match &k.display_name {
-                            Some(d) => {
-                                write!(f, "\n  {:<20} {:?}  ({})", k.name, d, k.dir.display())?
-                            }
-                            None => write!(f, "\n  {:<20} ({})", k.name, k.dir.display())?,
-                        }
-                    }
-                }
-                write!(f, "\nSearched:")?;
-                for s in searched {
-                    write!(f, "\n  {}", s.join("kernels").display())?;
-                }
-                Ok(())
-            }
-            KernelspecError::Invalid { path, message } => {
-                write!(f, "invalid kernelspec {}: {message}", path.display())
-            }
+/// "no Jupyter kernel named …", the kernels found and the folders searched.
+fn not_found(name: &str, found: &[FoundKernel], searched: &[PathBuf]) -> String {
+    let mut f = format!("no Jupyter kernel named {name:?}.");
+    if found.is_empty() {
+        f.push_str(" No kernelspecs were found at all.");
+    } else {
+        f.push_str(" Kernels found:");
+        for k in found {
+            f += &match &k.display_name {
+                Some(d) => format!("\n  {:<20} {:?}  ({})", k.name, d, k.dir.display()),
+                None => format!("\n  {:<20} ({})", k.name, k.dir.display()),
+            };
         }
     }
+    f.push_str("\nSearched:");
+    for s in searched {
+        f += &format!("\n  {}", s.join("kernels").display());
+    }
+    f
 }
-
-impl std::error::Error for KernelspecError {}
 
 /// The Jupyter data dirs, in search order, without duplicates.
 pub fn data_dirs() -> Vec<PathBuf> {

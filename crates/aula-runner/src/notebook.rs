@@ -5,7 +5,6 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// A notebook read from disk.
@@ -18,52 +17,23 @@ pub struct Notebook {
 }
 
 /// Why a notebook cannot be used.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum NotebookError {
+    #[error("{}: cannot read: {error}", path.display())]
     Io {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("{}:{line}:{column}: malformed notebook JSON: {message}", path.display())]
     Json {
         path: PathBuf,
         line: usize,
         column: usize,
         message: String,
     },
-    Format {
-        path: PathBuf,
-        message: String,
-    },
+    #[error("{}: not a valid nbformat 4 notebook: {message}", path.display())]
+    Format { path: PathBuf, message: String },
 }
-
-impl fmt::Display for NotebookError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NotebookError::Io { path, error } => {
-                write!(f, "{}: cannot read: {error}", path.display())
-            }
-            NotebookError::Json {
-                path,
-                line,
-                column,
-                message,
-            } => write!(
-                f,
-                "{}:{line}:{column}: malformed notebook JSON: {message}",
-                path.display()
-            ),
-            NotebookError::Format { path, message } => {
-                write!(
-                    f,
-                    "{}: not a valid nbformat 4 notebook: {message}",
-                    path.display()
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for NotebookError {}
 
 impl Notebook {
     /// Reads and validates `path`.

@@ -11,6 +11,23 @@
 //! Sockets, framing and signatures come from `jupyter-zmq-client`; requests are
 //! `jupyter-protocol` types. Replies and IOPub messages are decoded as plain JSON, so a
 //! kernel's outputs reach the notebook exactly as it sent them.
+//!
+//! - this file: [`Kernel`], its start-up handshake and the `execute` state machine;
+//! - [`protocol`]: the channels, decoding of incoming messages, the socket readers;
+//! - [`outputs`]: IOPub messages → nbformat outputs (streams, displays, errors, panics);
+//! - [`process`]: the kernel's process group, signals, its private runtime folder and log.
+
+mod outputs;
+mod process;
+mod protocol;
+
+pub use outputs::rust_panic;
+pub use process::{abandon_all, describe_status, working_dir};
+pub use protocol::{Channel, Incoming};
+
+use outputs::Outputs;
+use process::{kill_group, log_tail, log_tail_block, write_private, LiveKernel};
+use protocol::{read_loop, stamp, Event};
 
 use crate::kernelspec::KernelSpec;
 use jupyter_protocol::{
@@ -18,10 +35,10 @@ use jupyter_protocol::{
     ShutdownRequest,
 };
 use jupyter_zmq_client as jzc;
-use serde_json::{json, Map, Value};
-use std::collections::{HashMap, HashSet};
+use serde_json::Value;
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
@@ -36,33 +53,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for late outputs after a cell is done, and at most.
 const LINGER: Duration = Duration::from_millis(30);
 const LINGER_MAX: Duration = Duration::from_millis(300);
-/// Lines of the kernel's own stdout/stderr shown when it fails.
-const LOG_TAIL_LINES: usize = 30;
-
-/// The channel a message arrived on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Channel {
-    Shell,
-    IoPub,
-    Control,
-}
-
-/// A message from the kernel, decoded as JSON.
-#[derive(Clone, Debug)]
-pub struct Incoming {
-    pub channel: Channel,
-    pub msg_type: String,
-    pub parent_id: Option<String>,
-    pub content: Value,
-}
-
-enum Event {
-    Message(Incoming),
-    /// A message that could not be verified or decoded.
-    Bad(Channel, String),
-    /// The socket's reader stopped.
-    Closed,
-}
 
 /// A kernel that could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -644,52 +634,6 @@ impl Kernel {
     }
 }
 
-/// The kernels this process has started and not yet dropped: their runtime folders
-/// (connection file with the HMAC key, log) and process groups. A runner stopped by a
-/// signal runs no destructor, so the handler calls [`abandon_all`] instead.
-static LIVE: std::sync::Mutex<Vec<(PathBuf, Option<i32>)>> = std::sync::Mutex::new(Vec::new());
-
-fn live() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Option<i32>)>> {
-    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A kernel's entry in [`LIVE`], removed when the kernel (or a failed start) is dropped.
-struct LiveKernel(PathBuf);
-
-impl LiveKernel {
-    fn register(dir: &Path) -> LiveKernel {
-        live().push((dir.to_path_buf(), None));
-        LiveKernel(dir.to_path_buf())
-    }
-
-    fn set_group(&self, pid: Option<i32>) {
-        if let Some(entry) = live().iter_mut().find(|(d, _)| *d == self.0) {
-            entry.1 = pid;
-        }
-    }
-}
-
-impl Drop for LiveKernel {
-    fn drop(&mut self) {
-        live().retain(|(d, _)| *d != self.0);
-    }
-}
-
-/// For a runner stopped by SIGINT/SIGTERM/SIGHUP: kills every kernel's process group
-/// and removes its runtime folder, which its destructor would have done.
-pub fn abandon_all() {
-    for (dir, pid) in live().drain(..) {
-        #[cfg(unix)]
-        if let Some(pid) = pid {
-            // SAFETY: kill(2) on a process group this runner created and still owns.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
 impl Drop for Kernel {
     fn drop(&mut self) {
         for r in self.readers.drain(..) {
@@ -707,408 +651,11 @@ impl Drop for Kernel {
     }
 }
 
-/// Collects a cell's IOPub messages into nbformat outputs, as Jupyter front ends do:
-/// consecutive stream chunks of one stream are merged (carriage returns applied),
-/// `clear_output` (with `wait`) and `update_display_data` are honoured.
-#[derive(Default)]
-struct Outputs {
-    list: Vec<Value>,
-    clear_pending: bool,
-    display_ids: HashMap<String, Vec<usize>>,
-    error_text: Vec<String>,
-}
-
-impl Outputs {
-    fn handle(&mut self, msg_type: &str, content: &Value) {
-        match msg_type {
-            "stream" => {
-                self.before_output();
-                let name = content["name"].as_str().unwrap_or("stdout");
-                let text = content["text"].as_str().unwrap_or_default();
-                if let Some(last) = self.list.last_mut() {
-                    if last["output_type"] == "stream" && last["name"] == name {
-                        let merged =
-                            format!("{}{}", last["text"].as_str().unwrap_or_default(), text);
-                        last["text"] = Value::String(merged);
-                        return;
-                    }
-                }
-                self.list
-                    .push(json!({"output_type": "stream", "name": name, "text": text}));
-            }
-            "display_data" | "execute_result" => {
-                self.before_output();
-                let mut out = Map::new();
-                out.insert("output_type".into(), msg_type.into());
-                out.insert(
-                    "data".into(),
-                    content.get("data").cloned().unwrap_or_else(|| json!({})),
-                );
-                out.insert(
-                    "metadata".into(),
-                    content
-                        .get("metadata")
-                        .cloned()
-                        .unwrap_or_else(|| json!({})),
-                );
-                if msg_type == "execute_result" {
-                    out.insert(
-                        "execution_count".into(),
-                        content
-                            .get("execution_count")
-                            .cloned()
-                            .unwrap_or(Value::Null),
-                    );
-                }
-                if let Some(id) = content
-                    .pointer("/transient/display_id")
-                    .and_then(Value::as_str)
-                {
-                    self.display_ids
-                        .entry(id.to_string())
-                        .or_default()
-                        .push(self.list.len());
-                }
-                self.list.push(Value::Object(out));
-            }
-            "update_display_data" => {
-                let Some(id) = content
-                    .pointer("/transient/display_id")
-                    .and_then(Value::as_str)
-                else {
-                    return;
-                };
-                for &i in self.display_ids.get(id).into_iter().flatten() {
-                    if let Some(out) = self.list.get_mut(i) {
-                        out["data"] = content.get("data").cloned().unwrap_or_else(|| json!({}));
-                        out["metadata"] = content
-                            .get("metadata")
-                            .cloned()
-                            .unwrap_or_else(|| json!({}));
-                    }
-                }
-            }
-            "error" => {
-                self.before_output();
-                let traceback: Vec<String> = content["traceback"]
-                    .as_array()
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(|l| l.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                self.push_error(
-                    content["ename"].as_str().unwrap_or_default(),
-                    content["evalue"].as_str().unwrap_or_default(),
-                    traceback,
-                );
-            }
-            "clear_output" => {
-                if content["wait"].as_bool().unwrap_or(false) {
-                    self.clear_pending = true;
-                } else {
-                    self.clear();
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn before_output(&mut self) {
-        if self.clear_pending {
-            self.clear();
-        }
-    }
-
-    fn clear(&mut self) {
-        self.clear_pending = false;
-        self.list.clear();
-        self.display_ids.clear();
-    }
-
-    fn has_error(&self) -> bool {
-        self.list.iter().any(|o| o["output_type"] == "error")
-    }
-
-    fn push_error(&mut self, ename: &str, evalue: &str, traceback: Vec<String>) {
-        let mut text = format!("{ename}: {evalue}");
-        if !traceback.is_empty() {
-            text.push('\n');
-            text.push_str(&traceback.join("\n"));
-        }
-        self.error_text.push(crate::ansi::strip(&text));
-        self.list.push(json!({
-            "output_type": "error", "ename": ename, "evalue": evalue, "traceback": traceback,
-        }));
-    }
-
-    fn finish(
-        mut self,
-        execution_count: Option<i64>,
-        status: ExecStatus,
-        elapsed: Duration,
-    ) -> Execution {
-        for out in &mut self.list {
-            if out["output_type"] == "stream" {
-                let text = apply_carriage_returns(out["text"].as_str().unwrap_or_default());
-                out["text"] = Value::String(text);
-            }
-            crate::notebook::split_output_lines(out);
-        }
-        Execution {
-            outputs: self.list,
-            execution_count,
-            status,
-            elapsed,
-            error_text: self.error_text.join("\n\n"),
-        }
-    }
-}
-
-/// A Rust panic in a cell's stderr. evcxr catches a cell's panic (to keep the session's
-/// variables), prints the panic to stderr and replies `ok`: without this, a panicking cell
-/// would pass. Returns the error text: `panic: <message>` and the whole stderr.
-pub fn rust_panic(outputs: &[Value]) -> Option<String> {
-    let stderr: String = outputs
-        .iter()
-        .filter(|o| o["output_type"] == "stream" && o["name"] == "stderr")
-        .map(|o| crate::notebook::multiline(o.get("text")))
-        .collect();
-    let stderr = crate::ansi::strip(&stderr);
-    let mut lines = stderr.lines();
-    lines.find(|l| l.starts_with("thread '") && l.contains(" panicked at "))?;
-    let message = lines.next().unwrap_or_default().trim();
-    Some(format!("panic: {message}\n{}", stderr.trim_matches('\n')))
-}
-
-/// What a terminal shows for text with `\r` (progress bars): on each line only what was
-/// written after the last carriage return.
-fn apply_carriage_returns(text: &str) -> String {
-    if !text.contains('\r') {
-        return text.to_string();
-    }
-    let text = text.replace("\r\n", "\n");
-    let mut out = String::with_capacity(text.len());
-    for (i, line) in text.split('\n').enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        // A trailing `\r` (the cursor moved back, nothing written yet) keeps the line.
-        let trimmed = line.trim_end_matches('\r');
-        out.push_str(trimmed.rsplit('\r').next().unwrap_or_default());
-    }
-    out
-}
-
-async fn read_loop<S: zeromq::SocketRecv>(
-    mut conn: jzc::Connection<S>,
-    channel: Channel,
-    tx: mpsc::UnboundedSender<Event>,
-) {
-    loop {
-        let zmq = match conn.socket.recv().await {
-            Ok(m) => m,
-            Err(_) => {
-                let _ = tx.send(Event::Closed);
-                return;
-            }
-        };
-        let event = match jzc::RawMessage::from_multipart(zmq, &conn.mac) {
-            Ok(raw) => decode(channel, &raw.jparts),
-            Err(e) => Event::Bad(channel, e.to_string()),
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
-    }
-}
-
-fn decode<B: AsRef<[u8]>>(channel: Channel, parts: &[B]) -> Event {
-    if parts.len() < 4 {
-        return Event::Bad(
-            channel,
-            format!("{} message parts, expected 4", parts.len()),
-        );
-    }
-    let json = |i: usize| serde_json::from_slice::<Value>(parts[i].as_ref());
-    match (json(0), json(1), json(3)) {
-        (Ok(header), parent, Ok(content)) => Event::Message(Incoming {
-            channel,
-            msg_type: header["msg_type"].as_str().unwrap_or_default().to_string(),
-            parent_id: parent
-                .ok()
-                .and_then(|p| p["msg_id"].as_str().map(str::to_string)),
-            content,
-        }),
-        (Err(e), _, _) | (_, _, Err(e)) => Event::Bad(channel, format!("undecodable JSON: {e}")),
-    }
-}
-
-fn log_tail(dir: &Path) -> String {
-    let text = std::fs::read(dir.join("kernel.log"))
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let text = crate::ansi::strip(&text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-}
-
-fn log_tail_block(dir: &Path) -> String {
-    let tail = log_tail(dir);
-    if tail.trim().is_empty() {
-        String::new()
-    } else {
-        format!("\nThe kernel's output (last lines):\n{tail}")
-    }
-}
-
-fn kill_group(pid: Option<i32>) {
-    #[cfg(unix)]
-    if let Some(pid) = pid {
-        // SAFETY: kill(2) on the process group this runner created for the kernel.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-    }
-}
-
-fn stamp(mut msg: JupyterMessage) -> JupyterMessage {
-    msg.header.username = "aula-runner".into();
-    msg
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-/// "exit status: 1", "signal 9 (SIGKILL)".
-pub fn describe_status(status: &ExitStatus) -> String {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(sig) = status.signal() {
-            let name = match sig {
-                libc::SIGKILL => " (SIGKILL; out of memory?)",
-                libc::SIGSEGV => " (SIGSEGV)",
-                libc::SIGABRT => " (SIGABRT)",
-                libc::SIGINT => " (SIGINT)",
-                libc::SIGTERM => " (SIGTERM)",
-                libc::SIGBUS => " (SIGBUS)",
-                _ => "",
-            };
-            return format!("killed by signal {sig}{name}");
-        }
-    }
-    match status.code() {
-        Some(code) => format!("exit status: {code}"),
-        None => status.to_string(),
-    }
-}
-
 /// `2`, `0.5`, `600`.
 pub fn fmt_secs(secs: f64) -> String {
     if secs.fract() == 0.0 {
         format!("{}", secs as u64)
     } else {
         format!("{secs}")
-    }
-}
-
-/// Where a kernel should run: the notebook's folder, as Jupyter does.
-pub fn working_dir(notebook: &Path) -> PathBuf {
-    match notebook.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn carriage_returns_keep_the_last_write() {
-        assert_eq!(apply_carriage_returns("a\r\nb\n"), "a\nb\n");
-        assert_eq!(
-            apply_carriage_returns("10%\r50%\r100%\ndone\n"),
-            "100%\ndone\n"
-        );
-        assert_eq!(apply_carriage_returns("x\r"), "x");
-    }
-
-    #[test]
-    fn outputs_merge_streams_and_honour_clear() {
-        let mut o = Outputs::default();
-        o.handle("stream", &json!({"name": "stdout", "text": "a\n"}));
-        o.handle("stream", &json!({"name": "stdout", "text": "b\n"}));
-        o.handle("stream", &json!({"name": "stderr", "text": "w\n"}));
-        o.handle(
-            "display_data",
-            &json!({"data": {"text/plain": "1"}, "metadata": {}, "transient": {"display_id": "d"}}),
-        );
-        o.handle(
-            "update_display_data",
-            &json!({"data": {"text/plain": "2"}, "metadata": {}, "transient": {"display_id": "d"}}),
-        );
-        let e = o.finish(Some(3), ExecStatus::Ok, Duration::ZERO);
-        assert_eq!(e.outputs.len(), 3);
-        assert_eq!(e.outputs[0]["text"], json!(["a\n", "b\n"]));
-        assert_eq!(e.outputs[2]["data"]["text/plain"], json!(["2"]));
-        assert!(e.outputs[2].get("transient").is_none());
-
-        let mut o = Outputs::default();
-        o.handle("stream", &json!({"name": "stdout", "text": "old"}));
-        o.handle("clear_output", &json!({"wait": true}));
-        assert_eq!(o.list.len(), 1);
-        o.handle("stream", &json!({"name": "stdout", "text": "new"}));
-        assert_eq!(o.list.len(), 1);
-        assert_eq!(o.list[0]["text"], "new");
-    }
-
-    #[test]
-    fn rust_panics_on_stderr_are_found() {
-        let outputs = vec![
-            json!({"output_type": "stream", "name": "stdout", "text": ["before\n"]}),
-            json!({"output_type": "stream", "name": "stderr", "text": [
-                "\n", "thread '<unnamed>' (15847) panicked at src/lib.rs:97:1:\n", "boom\n",
-                "note: run with `RUST_BACKTRACE=1`\n"]}),
-        ];
-        let text = rust_panic(&outputs).unwrap();
-        assert!(
-            text.starts_with(
-                "panic: boom\nthread '<unnamed>' (15847) panicked at src/lib.rs:97:1:\nboom\n"
-            ),
-            "{text}"
-        );
-        let warning = vec![
-            json!({"output_type": "stream", "name": "stderr", "text": "warning: unused variable\n"}),
-        ];
-        assert_eq!(rust_panic(&warning), None);
-    }
-
-    #[test]
-    fn error_text_is_full_and_plain() {
-        let mut o = Outputs::default();
-        o.handle(
-            "error",
-            &json!({"ename": "Error", "evalue": "mismatched types",
-                    "traceback": ["\u{1b}[31merror[E0308]\u{1b}[0m: mismatched types", "  --> src/lib.rs:1:1"]}),
-        );
-        let e = o.finish(None, ExecStatus::Error, Duration::ZERO);
-        assert_eq!(
-            e.error_text,
-            "Error: mismatched types\nerror[E0308]: mismatched types\n  --> src/lib.rs:1:1"
-        );
     }
 }
