@@ -1,6 +1,6 @@
 //! Where the tensors live and how many CPU threads libtorch may use.
 
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// CUDA when libtorch sees a GPU, otherwise the CPU. `AULA_DEVICE=cpu|cuda|cuda:N`
 /// overrides the choice (e.g. to compare speeds on a GPU machine).
@@ -49,6 +49,13 @@ pub fn configure_threads() {
     if let Some(n) = std::env::var("AULA_THREADS").ok().and_then(|s| s.parse().ok()) {
         tch::set_num_threads(n);
     }
+}
+
+/// The same NCHW tensor, stored NHWC in memory (PyTorch's `channels_last`):
+/// tch has no memory-format argument, but libtorch picks the layout from the
+/// strides, and a permuted contiguous NHWC tensor has exactly those strides.
+pub(crate) fn to_channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 #[cfg(test)]

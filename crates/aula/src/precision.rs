@@ -278,7 +278,7 @@ fn measure(convs: &[Conv]) -> (f64, f64) {
                 let x = Tensor::randn([c.batch, c.channels, c.size, c.size], (Kind::Float, Device::Cpu));
                 let w = Tensor::randn([c.channels, c.channels, 3, 3], (Kind::Float, Device::Cpu)) * 0.02;
                 let b = Tensor::zeros([c.channels], (Kind::Float, Device::Cpu));
-                let cl = crate::model::to_channels_last;
+                let cl = crate::device::to_channels_last;
                 (cl(&x).to_kind(kind), cl(&w).to_kind(kind), b.to_kind(kind))
             })
             .collect()

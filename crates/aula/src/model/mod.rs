@@ -20,7 +20,8 @@ mod summary;
 pub use activation::ActivationFn;
 pub use layer::{Layer, LayerKind};
 pub(crate) use layer::{glorot_uniform, is_moving_statistic};
-pub(crate) use sequential::{to_channels_last, Compiled};
+pub(crate) use crate::device::to_channels_last;
+pub(crate) use sequential::Compiled;
 pub use sequential::Sequential;
 
 pub use layers::{Dense, Dropout, Flatten, LayerSpec};

@@ -4,7 +4,7 @@
 //! which adds those methods; weight I/O is in `io`.
 
 use super::folding::run_layers;
-use super::{is_moving_statistic, Layer, LayerKind, LayerSpec, Summary};
+use super::{is_moving_statistic, to_channels_last, Layer, LayerKind, LayerSpec, Summary};
 use crate::history::History;
 use crate::optimizers::RMSprop;
 use crate::precision::Precision;
@@ -344,11 +344,3 @@ impl Sequential {
         format!("{prefix}_{}", n + 1)
     }
 }
-
-/// The same NCHW tensor, stored NHWC in memory (PyTorch's `channels_last`):
-/// tch has no memory-format argument, but libtorch picks the layout from the
-/// strides, and a permuted contiguous NHWC tensor has exactly those strides.
-pub(crate) fn to_channels_last(x: &Tensor) -> Tensor {
-    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-}
-
