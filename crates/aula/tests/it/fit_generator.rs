@@ -1,18 +1,18 @@
 //! "Alternativa 2" on a tiny generated data set: augmentation through the
 //! iterators, fit_generator, checkpoints, a training killed with SIGKILL and
-//! resumed, and the errors of a bad checkpoint. Its own test binary: libtorch's
-//! generator is process-wide.
+//! resumed, and the errors of a bad checkpoint. In a process of its own
+//! (`run_in_own_process`): libtorch's generator is process-wide.
 
 use aula::data::{ClassMode, ImageDataGenerator};
-use aula::model::layers::{Conv2D, MaxPooling2D};
 use aula::prelude::*;
 use aula::train::Checkpoint;
-use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
+
+use crate::fixtures::{images, small_conv_model};
 
 /// The tests that seed libtorch's generator and then draw from it (to build
 /// models whose frozen weights a checkpoint must recognise) take turns: it is
@@ -21,21 +21,6 @@ use tempfile::TempDir;
 fn torch_rng() -> MutexGuard<'static, ()> {
     static RNG: Mutex<()> = Mutex::new(());
     RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// `n` red-ish "cats" and `n` blue-ish "dogs", 32×32, each with its own
-/// pattern so that augmented images differ.
-fn fixture(dir: &Path, n: u32) {
-    for (class, rgb) in [("cats", [200u8, 40, 40]), ("dogs", [40u8, 40, 200])] {
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        for i in 0..n {
-            let img = RgbImage::from_fn(32, 32, |x, y| {
-                let v = ((x * 7 + y * 3 + i * 11) % 50) as u8;
-                Rgb([rgb[0].saturating_add(v), rgb[1] + v, rgb[2].saturating_add(v)])
-            });
-            img.save(dir.join(class).join(format!("{class}.{i}.png"))).unwrap();
-        }
-    }
 }
 
 fn augmenting() -> ImageDataGenerator {
@@ -52,17 +37,7 @@ fn augmenting() -> ImageDataGenerator {
 
 /// A small conv base (frozen) + Flatten + Dense(16) + Dropout + Dense(1).
 fn model(frozen_base: bool) -> Sequential {
-    let mut base = Sequential::new("base");
-    base.add(Conv2D(8, 3).activation("relu").input_shape(&[32, 32, 3]).name("block1_conv1")).unwrap();
-    base.add(MaxPooling2D(2).name("block1_pool")).unwrap();
-    base.trainable = !frozen_base;
-    let mut model = Sequential::new("sequential");
-    model.add(base).unwrap();
-    model.add(Flatten()).unwrap();
-    model.add(Dense(16).activation("relu")).unwrap();
-    model.add(Dropout(0.5)).unwrap();
-    model.add(Dense(1).activation("sigmoid")).unwrap();
-    model
+    small_conv_model(frozen_base)
 }
 
 /// Trains in `checkpoints` (the child process of the SIGKILL test, and the
@@ -91,7 +66,7 @@ fn child_training() {
 
 fn child(data: &Path, dir: &Path) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--ignored", "--exact", "child_training", "--nocapture", "--test-threads=1"])
+    c.args(["--ignored", "--exact", "fit_generator::child_training", "--nocapture", "--test-threads=1"])
         .env("AULA_TEST_DATA", data)
         .env("AULA_TEST_CHECKPOINTS", dir)
         .env("AULA_THREADS", "1");
@@ -108,10 +83,11 @@ fn epochs_done(dir: &Path) -> usize {
 }
 
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn sigkill_after_epoch_k_then_resume_gives_the_same_history() {
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
-    fixture(&data, 8);
+    images(&data, 8);
     // The reference: one uninterrupted run.
     let reference_dir = tmp.path().join("reference");
     let out = child(&data, &reference_dir).output().unwrap();
@@ -165,11 +141,12 @@ fn sigkill_after_epoch_k_then_resume_gives_the_same_history() {
 }
 
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn resume_errors_name_the_checkpoint() {
     let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
-    fixture(&data, 4);
+    images(&data, 4);
     let dir = tmp.path().join("ckpt");
     train(&data, &dir, 2);
 
@@ -217,11 +194,12 @@ fn resume_errors_name_the_checkpoint() {
 }
 
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn a_nan_loss_stops_the_training_and_says_so() {
     let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
-    fixture(&data, 4);
+    images(&data, 4);
     aula::train::seed(3);
     let mut m = model(true);
     m.compile(RMSprop::new(1e-3), "binary_crossentropy", &["acc"]).unwrap();
@@ -235,12 +213,13 @@ fn a_nan_loss_stops_the_training_and_says_so() {
 }
 
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn class_folders_must_match_across_splits() {
     let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     let (train_dir, val_dir) = (tmp.path().join("train"), tmp.path().join("validation"));
-    fixture(&train_dir, 4);
-    fixture(&val_dir, 4);
+    images(&train_dir, 4);
+    images(&val_dir, 4);
     // Capitals sort first: Dogs=0, cats=1, the labels swapped.
     std::fs::rename(val_dir.join("dogs"), val_dir.join("Dogs")).unwrap();
     aula::train::seed(3);
@@ -260,10 +239,11 @@ fn class_folders_must_match_across_splits() {
 }
 
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn augmented_batches_are_seeded_and_feature_extraction_refuses_them() {
     let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
-    fixture(tmp.path(), 4);
+    images(tmp.path(), 4);
     let plain = ImageDataGenerator::rescale(1.0 / 255.0).flow_from_directory(tmp.path(), (32, 32), 8, ClassMode::Binary).unwrap();
     let mut a = augmenting().flow_from_directory(tmp.path(), (32, 32), 8, ClassMode::Binary).unwrap().shuffle(false);
     let mut b = augmenting().flow_from_directory(tmp.path(), (32, 32), 8, ClassMode::Binary).unwrap().shuffle(false);
@@ -289,6 +269,7 @@ fn augmented_batches_are_seeded_and_feature_extraction_refuses_them() {
 }
 
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn trainable_weights_round_trip_in_f16() {
     let _rng = torch_rng();
     aula::train::seed(5);
@@ -317,10 +298,11 @@ fn trainable_weights_round_trip_in_f16() {
 /// validation cache and in evaluate_generator; on every machine, since
 /// libtorch emulates bf16 where the CPU lacks it).
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn validation_through_the_frozen_layers_cache_matches_the_whole_model() {
     let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
-    fixture(tmp.path(), 6);
+    images(tmp.path(), 6);
     for precision in [Precision::Fp32, Precision::Bf16] {
         aula::train::seed(2);
         let mut m = model(true);
@@ -341,11 +323,12 @@ fn validation_through_the_frozen_layers_cache_matches_the_whole_model() {
 /// What the instructor renders and class mode restores: `rendered::save` after
 /// a checkpointed training, `rendered::restore` into a fresh model.
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn rendered_results_restore_the_trained_part_and_a_missing_one_names_file_and_command() {
     let _rng = torch_rng();
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
-    fixture(&data, 4);
+    images(&data, 4);
     let dir = tmp.path().join("ckpt");
     let history = train(&data, &dir, 2);
     // The only test of this binary that reads AULA_ASSETS.

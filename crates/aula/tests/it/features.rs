@@ -34,6 +34,7 @@ fn write_images(dir: &Path) {
 }
 
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn features_are_cached_by_content() {
     cache_dir();
     let dir = tempfile::tempdir().unwrap();
@@ -122,6 +123,7 @@ fn one(value: f32, shape: &[i64], name: &str) -> aula::weights::NamedTensors {
 }
 
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn predictions_reuse_the_frozen_layers_outputs_from_disk() {
     cache_dir();
     let dir = tempfile::tempdir().unwrap();
@@ -212,6 +214,7 @@ fn predictions_reuse_the_frozen_layers_outputs_from_disk() {
 /// The key of today's feature files, pinned: a change makes every user's
 /// feature cache cold (minutes of extraction). Change it only on purpose.
 #[test]
+#[ignore = "in its own process: see run_in_own_process"]
 fn the_feature_cache_key_is_unchanged() {
     cache_dir();
     let dir = tempfile::tempdir().unwrap();
