@@ -89,7 +89,7 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
     }
 
     let n = generator.samples();
-    let mut bar = crate::progress::Progress::new(n as u64, "extracting features", "images");
+    let mut bar = crate::progress::Progress::new(n as u64, "extrayendo características", "imágenes");
     let _running = crate::interrupt::Running::start();
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     // File order (not the generator's shuffled order): features[i] is filenames()[i].
@@ -126,7 +126,7 @@ pub(crate) fn load_cached(path: &Path, samples: usize) -> Option<(Tensor, Tensor
     if !path.exists() || std::env::var_os("AULA_NO_FEATURE_CACHE").is_some() {
         return None;
     }
-    load(path, samples).map_err(|e| eprintln!("warning: ignoring the feature cache: {e:#}")).ok()
+    load(path, samples).map_err(|e| eprintln!("aviso: no uso la caché de características: {e:#}")).ok()
 }
 
 /// Writes features and labels to a cache file, atomically.
