@@ -90,7 +90,7 @@ fn guard_message(step: &str, what: &str, provenance: Option<&Value>) -> String {
     let recorded = match provenance {
         Some(p) => {
             let epochs = p["epochs"].as_u64().unwrap_or(0);
-            let device = p["device"].get(0).and_then(Value::as_str).unwrap_or("?");
+            let device = p["device"].get(0).and_then(Value::as_str).map_or("?".to_string(), device_es);
             let best = p["best_val_acc"].as_f64().map_or(String::new(), |v| {
                 format!(", mejor val_acc {}", decimal(v, 3))
             });
@@ -138,8 +138,8 @@ impl Rendered {
                 table.row(vec![name.to_string(), value]);
             }
         };
+        // Not the recipe: the cell above shows it as code, and the record keeps it in English.
         row("paso", text("step"));
-        row("receta", text("recipe"));
         let epoch_s: Vec<f64> = p["epoch_s"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
         row("épocas", Some(self.history.epochs().to_string()));
         row("tiempo de entrenamiento", p["wall_s"].as_f64().map(|s| format!("{} (suma de las épocas)", duration_es(s))));
@@ -154,7 +154,7 @@ impl Rendered {
         let sessions = p["sessions"].as_array().map_or(0, Vec::len);
         let resumed = sessions.saturating_sub(1);
         row("reanudada", (resumed > 0).then(|| format!("{resumed} {} (se ve en el registro)", if resumed == 1 { "vez" } else { "veces" })));
-        let devices: Vec<&str> = p["device"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let devices: Vec<String> = p["device"].as_array().map(|a| a.iter().filter_map(Value::as_str).map(device_es).collect()).unwrap_or_default();
         row("dispositivo", Some(devices.join(" · ")));
         row("CPU", text("cpu"));
         row("mejor val_acc", self.history.best_val_acc().map(|(acc, epoch)| format!("{} (época {epoch})", decimal(acc, 3))));
@@ -168,6 +168,12 @@ impl Rendered {
     pub fn evcxr_display(&self) {
         self.table().evcxr_display();
     }
+}
+
+/// A recorded `device_info()` line in today's wording: records made before
+/// it spoke Spanish say "2 threads" and "6.9× fp32 measured".
+fn device_es(line: &str) -> String {
+    line.replace(" threads", " hilos").replace("× fp32 measured", "× fp32, medido").replace("bf16 measured ", "bf16 medido a ")
 }
 
 fn median(values: &[f64]) -> Option<f64> {
@@ -314,7 +320,7 @@ mod tests {
         let provenance = json!({"epochs": 30, "wall_s": 12312.0, "device": ["CPU, 2 threads"], "best_val_acc": 0.906});
         let text = guard_message("data_augmentation", "el clasificador con aumento de datos", Some(&provenance));
         assert!(text.contains("entrenaría el clasificador con aumento de datos"), "{text}");
-        assert!(text.contains("30 épocas en 3 h 25 min (CPU, 2 threads), mejor val_acc 0,906"), "{text}");
+        assert!(text.contains("30 épocas en 3 h 25 min (CPU, 2 hilos), mejor val_acc 0,906"), "{text}");
         assert!(text.contains("La celda siguiente carga") && text.contains("make render"), "{text}");
         assert!(text.contains("AULA_RENDER"), "{text}");
         let none = guard_message("fine_tuning", "x", None);
@@ -343,6 +349,6 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} not in\n{text}");
         }
-        assert!(!text.contains("receta"), "absent fields are left out:\n{text}");
+        assert!(!text.contains("grabada el"), "absent fields are left out:\n{text}");
     }
 }
