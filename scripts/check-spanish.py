@@ -31,12 +31,13 @@ KERAS = [
 ]
 KERAS = [re.compile(rf"\s*{k}\s*") for k in KERAS]
 
-# Words aula printed in English before issue 19, and the common words any English sentence has.
+# Words aula printed in English before issue 19, and the common words any English sentence has
+# (not those Spanish spells the same: no, once, error).
 ENGLISH = set("""
-the and of with from through into not no is are was were be been this that these those it its
+the and of with from through into not is are was were be been this that these those it its
 for to on at by as or but if then than when where which while will would can could should
-image images training validation smoothed epoch epochs extracting features feature frozen once
-resuming resumed done threads measured warning error failed missing found loading loaded saved
+image images training validation smoothed epoch epochs extracting features feature frozen
+resuming resumed done threads measured warning failed missing found loading loaded saved
 cached cache kept next time layers layer weights best accuracy loss steps step samples sample
 """.split())
 # Identifiers and Keras vocabulary a Spanish sentence uses as is.
