@@ -86,7 +86,6 @@ lab: kernel
 	$(JUPYTER_VENV)/bin/jupyter lab notebooks
 
 # JupyterLab in headless Chromium: notebooks 01 and 03 as a student runs them (Run All).
-# Not yet in `make test`: it once read a notebook before JupyterLab had made it the current one.
 test-browser: kernel browser-deps
 	$(JUPYTER_VENV)/bin/python kernel/tests/browser.py $(OUT)
 
@@ -98,15 +97,19 @@ browser-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-test: setup kernel
+test: setup kernel browser-deps
 	$(CARGO) test --locked --workspace
 	# (No warm spare kernel left behind by a CI run: AULA_KERNEL_POOL=0, see kernel/README.md.)
 	AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT))/check $(RUNNER) check notebooks --out $(OUT)/check \
 	  --timeout 1800 --startup-timeout 900
+	# What aula prints in the notebooks is Spanish (Keras's own lines excepted).
+	$(PYTHON) scripts/check-spanish.py $(OUT)/check/*.ipynb
 	# 4 kernels at once on the first notebook; every notebook under jupyter nbconvert --execute.
 	bash kernel/tests/notebooks.sh $(OUT)/test-notebooks
 	# Interrupts keep the variables (aula's loops stop at the next batch); the kill fallback.
 	bash kernel/tests/interrupt.sh $(OUT)/test-interrupt
+	# The lesson in JupyterLab in a real browser (kernel/tests/browser.py).
+	$(JUPYTER_VENV)/bin/python kernel/tests/browser.py $(OUT)
 
 $(BENCH_PY):
 	bash scripts/setup-bench-venv.sh
@@ -127,6 +130,7 @@ clean:
 	rm -rf $(OUT)
 
 # Recorded runs traceable: no absolute paths in stored outputs, provenance commits in the
-# history (scripts/check-records.py).
+# history (scripts/check-records.py); their logs in Spanish (scripts/check-spanish.py).
 check-records:
 	$(PYTHON) scripts/check-records.py
+	$(PYTHON) scripts/check-spanish.py --recorded notebooks/*.ipynb

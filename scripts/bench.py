@@ -18,7 +18,12 @@ What it measures, all with the same number of threads (default 2):
    i.e. AVX-512; elsewhere bf16 is emulated, ~20x slower, and skipped unless
    ``--force-bf16``). The fastest of them is ``pytorch_best_extract_img_s``. Also the peak of 2048x2048 matrix products in fp32
    and bf16 (GFLOP/s).
-3. PIL: ``Image.open(p).convert('RGB').resize((150, 150), Image.NEAREST)`` over every
+3. Training steps of 20 augmented images, aula's (``da_step_s``, ``ft_step_s``) against
+   PyTorch eager's (``da_step_seconds``): the data-augmentation step (base frozen, head
+   trains) and the fine-tuning step (blocks 1-4 frozen, block 5 and head train), PyTorch in
+   fp32 and, where bf16 is native, with its frozen layers in bf16 autocast; the faster of
+   the two is the reference (``da_epoch_ratio_vs_pytorch``, ``ft_epoch_ratio_vs_pytorch``).
+4. PIL: ``Image.open(p).convert('RGB').resize((150, 150), Image.NEAREST)`` over every
    JPEG of ``--data``, in one process (``pil_decode_img_s``) and in N processes.
 
 The measurements are interleaved: each round runs every one of them once, in an order
@@ -83,7 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul dtype per round")
     p.add_argument("--force-bf16", action="store_true",
                    help="time the bf16 VGG16 configuration even where the CPU lacks bf16 support (very slow)")
-    p.add_argument("--da-steps", type=int, default=4, help="timed steps of the data-augmentation training (0: skip)")
+    p.add_argument("--da-steps", type=int, default=4,
+                   help="timed steps of the data-augmentation and of the fine-tuning training (0: skip)")
     p.add_argument("--pil-limit", type=int, default=None, help="decode only the first N images (tests)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.threads < 1 or args.batch < 1:
@@ -230,14 +236,21 @@ class TorchBench:
 
 # ---------------------------------------------------------------- PIL
 
-def da_step_seconds(torch, paths: list[str], steps: int, size: int) -> float:
-    """Seconds per training step of the frozen data-augmentation model in PyTorch eager, as
-    aula trains it: 20 training images decoded and resized with PIL (nearest) in a first
-    pass and kept in memory, as aula keeps them after its first epoch, augmented as
-    Keras does (rotation 40, shifts 0.2, shear 0.2 degrees, zoom 0.2, flips; bilinear, edge
-    fill) with affine_grid + grid_sample on the batch, rescaled; the frozen VGG16 base under
-    no_grad; Flatten + Dense(256, relu) + Dense(1, sigmoid) trained with binary cross-entropy
-    and RMSprop(lr=2e-5, alpha=0.9, eps=1e-7): Keras's RMSprop. One warm-up step first."""
+# torchvision's features[24:] is block 5 (block5_conv1 on): what the fine-tuning trains.
+BLOCK5 = 24
+
+
+def da_step_seconds(torch, paths: list[str], steps: int, size: int, trainable_from: int | None = None,
+                    bf16: bool = False) -> float:
+    """Seconds per training step in PyTorch eager, as aula trains it: 20 training images
+    decoded and resized with PIL (nearest) in a first pass and kept in memory, as aula keeps
+    them after its first epoch, augmented as Keras does (rotation 40, shifts 0.2, shear 0.2
+    degrees, zoom 0.2, flips; bilinear, edge fill) with affine_grid + grid_sample on the batch,
+    rescaled; the frozen part of the VGG16 base under no_grad (in bf16 autocast with `bf16`,
+    as aula runs frozen layers where bf16 measures faster); Flatten + Dense(256, relu) +
+    Dense(1, sigmoid) trained with binary cross-entropy and Keras's RMSprop (alpha=0.9,
+    eps=1e-7). `trainable_from=None`: the whole base frozen, lr 2e-5 (data augmentation);
+    `BLOCK5`: block 5 trains too, in fp32, lr 1e-5 (the fine-tuning). One warm-up step first."""
     import math
     import random
     import numpy as np
@@ -246,10 +259,13 @@ def da_step_seconds(torch, paths: list[str], steps: int, size: int) -> float:
     torch.manual_seed(0)
     rng = random.Random(0)
     base = vgg16_features(torch).to(memory_format=torch.channels_last)
-    for p in base.parameters():
+    split = len(base) if trainable_from is None else trainable_from
+    frozen, trained = base[:split], base[split:].train()
+    for p in frozen.parameters():
         p.requires_grad_(False)
     head = nn.Sequential(nn.Flatten(), nn.Linear(512 * (size // 32) ** 2, 256), nn.ReLU(), nn.Linear(256, 1), nn.Sigmoid())
-    opt = torch.optim.RMSprop(head.parameters(), lr=2e-5, alpha=0.9, eps=1e-7)
+    params = list(trained.parameters()) + list(head.parameters())
+    opt = torch.optim.RMSprop(params, lr=2e-5 if trainable_from is None else 1e-5, alpha=0.9, eps=1e-7)
     train = [p for p in paths if "/train/" in p] or paths
 
     def theta():
@@ -274,9 +290,9 @@ def da_step_seconds(torch, paths: list[str], steps: int, size: int) -> float:
         x = torch.from_numpy(x).permute(0, 3, 1, 2).float()
         grid = F.affine_grid(torch.tensor([theta() for _ in batch], dtype=torch.float32), list(x.shape), align_corners=True)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True) / 255.0
-        with torch.no_grad():
-            f = base(x.contiguous(memory_format=torch.channels_last))
-        loss = F.binary_cross_entropy(head(f).clamp(1e-7, 1 - 1e-7), y)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            f = frozen(x.contiguous(memory_format=torch.channels_last))
+        loss = F.binary_cross_entropy(head(trained(f.float())).clamp(1e-7, 1 - 1e-7), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -394,8 +410,10 @@ def print_table(r: dict) -> None:
          r.get("decode_img_s"), r["pil_decode_img_s"], r.get("decode_ratio_vs_pil")),
         (f"decode + resize 150 img/s vs PIL, {r['threads']} processes",
          r.get("decode_img_s"), r["pil_decode_parallel_img_s"], r.get("decode_ratio_vs_pil_parallel")),
-        ("frozen DA epoch, s (100 steps of 20; lower is better)",
+        (f"frozen DA epoch, s (100 steps of 20; lower is better; PyTorch {r.get('pytorch_da_precision')})",
          r.get("da_epoch_s"), r.get("pytorch_da_epoch_s"), r.get("da_epoch_ratio_vs_pytorch")),
+        (f"fine-tuning epoch (block 5 + head), s (PyTorch {r.get('pytorch_ft_precision')})",
+         r.get("ft_epoch_s"), r.get("pytorch_ft_epoch_s"), r.get("ft_epoch_ratio_vs_pytorch")),
         ("the same epoch: aula VGG16 vs aula EfficientNet-Lite0, s (speed-up)",
          r.get("da_epoch_s"), r.get("effnet_lite0_da_epoch_s"), r.get("effnet_lite0_da_speedup_vs_vgg16")),
     ]
@@ -461,7 +479,13 @@ def main(argv=None) -> int:
     steps += [(f"pytorch {name}", lambda name=name: add(f"pytorch_{name}_extract_img_s", tb.extract(name)))
               for name in tb.configs]
     if args.da_steps:
-        steps.append(("pytorch DA step", lambda: add("pytorch_da_step_s", da_step_seconds(torch, paths, args.da_steps, args.size))))
+        # Both precisions where bf16 is native: the reference is PyTorch's faster correct one.
+        for precision in ["fp32"] + (["bf16"] if tb.bf16 else []):
+            bf16 = precision == "bf16"
+            steps.append((f"pytorch DA step {precision}", lambda bf16=bf16, precision=precision: add(
+                f"pytorch_{precision}_da_step_s", da_step_seconds(torch, paths, args.da_steps, args.size, None, bf16))))
+            steps.append((f"pytorch FT step {precision}", lambda bf16=bf16, precision=precision: add(
+                f"pytorch_{precision}_ft_step_s", da_step_seconds(torch, paths, args.da_steps, args.size, BLOCK5, bf16))))
     steps += [
         ("PIL", lambda: add("pil_decode_img_s", pil_decode(paths))),
         ("PIL parallel", lambda: add("pil_decode_parallel_img_s", pil_decode_parallel(paths, args.threads))),
@@ -479,6 +503,11 @@ def main(argv=None) -> int:
     peaks = {"fp32_matmul_peak_gflops", "bf16_matmul_peak_gflops"}
     r = {k: (max(v) if k in peaks else median(v)) for k, v in samples.items()}
     r.update(aula_extra)
+    for step in ("da", "ft"):
+        timed = {p: r[f"pytorch_{p}_{step}_step_s"] for p in ("fp32", "bf16") if f"pytorch_{p}_{step}_step_s" in r}
+        if timed:
+            fastest = min(timed, key=timed.get)
+            r[f"pytorch_{step}_step_s"], r[f"pytorch_{step}_precision"] = timed[fastest], fastest
     gflop = vgg16_gflop_per_image(args.size)
     configs = {name: r[f"pytorch_{name}_extract_img_s"] for name in tb.configs}
     best = max(configs, key=configs.get)
@@ -501,6 +530,9 @@ def main(argv=None) -> int:
         # Time per frozen DA epoch (100 steps of 20), aula / PyTorch: below 1 is faster.
         "pytorch_da_epoch_s": r["pytorch_da_step_s"] * 100 if "pytorch_da_step_s" in r else None,
         "da_epoch_ratio_vs_pytorch": ratio(r.get("da_step_s"), r.get("pytorch_da_step_s")),
+        # The fine-tuning step (block 5 + head train), aula / PyTorch's faster precision.
+        "pytorch_ft_epoch_s": r["pytorch_ft_step_s"] * 100 if "pytorch_ft_step_s" in r else None,
+        "ft_epoch_ratio_vs_pytorch": ratio(r.get("ft_step_s"), r.get("pytorch_ft_step_s")),
         # The same frozen DA step with EfficientNet-Lite0's base instead of VGG16's (target >= 10).
         "effnet_lite0_da_epoch_s": r["effnet_lite0_da_step_s"] * 100 if "effnet_lite0_da_step_s" in r else None,
         "effnet_lite0_da_speedup_vs_vgg16": ratio(r.get("da_step_s"), r.get("effnet_lite0_da_step_s")),

@@ -104,37 +104,60 @@ def browser():
 
 # JupyterLab's own commands, through the application object it exposes with
 # --LabApp.expose_app_in_browser (the menu items a student clicks run the same commands).
-KERNEL_IDLE = """
+# Every script first checks that the notebook in front is the one asked for (arguments[0]),
+# loaded: until JupyterLab has made it the current widget, the page may still show another
+# notebook or this one's stored outputs (the test once read those and failed).
+CURRENT = """
 const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+if (!w || !w.context || !w.context.isReady || w.context.path.split('/').pop() !== arguments[0]) return null;"""
+KERNEL_IDLE = CURRENT + """
+const k = w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
 return k ? k.status : null;"""
-CELLS = """
-const w = window.jupyterapp.shell.currentWidget;
+CELLS = CURRENT + """
 return w.content.widgets.map(c => c.model.type === 'code'
   ? {n: c.model.executionCount, outputs: c.model.outputs.toJSON()} : null);"""
+DIRTY = CURRENT + "return w.context.model.dirty ? 'dirty' : 'saved';"
+# Shuts the notebook's kernel down without JupyterLab's confirmation dialog.
+SHUTDOWN = CURRENT + "w.sessionContext.shutdown(); return 'ok';"
 
 
-def run(driver, command):
+def run(driver, name, command):
     # Not awaited: Run All's promise resolves only when the last cell ends.
+    assert driver.execute_script(CURRENT + "return 'ok';", name) == "ok", f"{name} is not the current notebook"
     driver.execute_script(f"window.jupyterapp.commands.execute('{command}'); return null;")
 
 
 def open_notebook(driver, lab, name):
-    driver.get(lab.url(name))
-    wait_for(f"{name}'s kernel to start", lambda: driver.execute_script(KERNEL_IDLE) == "idle", every=2)
+    # `reset`: a fresh workspace, so that only this notebook opens (not the previous one's tab).
+    driver.get(lab.url(name) + "&reset")
+    wait_for(f"{name}'s kernel to start", lambda: driver.execute_script(KERNEL_IDLE, name) == "idle", every=2)
+
+
+def close_notebook(driver, name):
+    """Saves it (no "unsaved changes" dialog later) and shuts its kernel down."""
+    run(driver, name, "docmanager:save")
+    wait_for(f"{name} to be saved", lambda: driver.execute_script(DIRTY, name) == "saved", timeout=60)
+    driver.execute_script(SHUTDOWN, name)
+    wait_for(f"{name}'s kernel to stop", lambda: driver.execute_script(KERNEL_IDLE, name) in (None, "dead"), timeout=60)
 
 
 def run_all_and_wait(driver, name):
     # The notebooks carry stored outputs and execution counts: clear them first (a test
     # harness's step, not the student's), so that a count means "ran in this session".
-    run(driver, "notebook:clear-all-cell-outputs")
-    wait_for("the outputs to clear", lambda: not any(c and c["n"] for c in driver.execute_script(CELLS)), timeout=30)
-    run(driver, "notebook:run-all-cells")
+    run(driver, name, "notebook:clear-all-cell-outputs")
+    def cleared():
+        cells = driver.execute_script(CELLS, name)
+        return cells is not None and not any(c and (c["n"] or c["outputs"]) for c in cells)
+    wait_for("the outputs to clear", cleared, timeout=30)
+    run(driver, name, "notebook:run-all-cells")
     idle_polls = []
     def done():
-        cells = [c for c in driver.execute_script(CELLS) if c is not None]
+        cells = driver.execute_script(CELLS, name)
+        if cells is None:
+            raise RuntimeError(f"{name} stopped being the current notebook during Run All")
+        cells = [c for c in cells if c is not None]
         # Idle twice in a row with every code cell counted: the kernel is idle between cells too.
-        idle_polls.append(driver.execute_script(KERNEL_IDLE) == "idle" and all(c["n"] for c in cells))
+        idle_polls.append(driver.execute_script(KERNEL_IDLE, name) == "idle" and all(c["n"] for c in cells))
         return cells if idle_polls[-2:] == [True, True] else None
     return wait_for(f"every cell of {name} to run", done, every=2)
 
@@ -172,7 +195,7 @@ def main():
         assert tables >= 1, "notebook 01: no HTML table (the summary) rendered in the page"
         assert images >= 1, "notebook 01: no image output rendered in the page"
         print(f"  {first}: every cell ran in JupyterLab; {tables} tables, {images} images in the DOM")
-        run(driver, "notebook:close-and-shutdown")
+        close_notebook(driver, first)
 
         third = "03_ajuste_fino.ipynb"
         open_notebook(driver, lab, third)
@@ -189,7 +212,7 @@ def main():
             out = text_of(c["outputs"])
             assert "no ejecutar en clase" in out and "Epoch 1/" not in out, f"a guarded cell did not answer as expected:\n{out}"
         print(f"  {third}: Run All ran {len(cells)} cells; {len(guarded)} guarded cells answered in Spanish")
-        run(driver, "notebook:close-and-shutdown")
+        close_notebook(driver, third)
     except Exception:
         if driver:
             driver.save_screenshot(str(OUT / "failure.png"))

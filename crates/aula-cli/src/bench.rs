@@ -103,11 +103,17 @@ pub fn run(args: Args) -> Result<()> {
     if let (Some(vgg), Some(effnet)) = (da_step_s, effnet_da_step_s) {
         println!("the same with EfficientNet-Lite0: {effnet:.3} s per step ({:.1}× faster)", vgg / effnet);
     }
+    let ft_step_s = (args.da_steps > 0).then(|| ft_step_seconds(&data, args.da_steps)).transpose()?;
+    if let Some(s) = ft_step_s {
+        println!("fine-tuning training (block 5 + head): {s:.2} s per step of 20 ({:.0} s per 100-step epoch)", s * 100.0);
+    }
     if args.json {
         let mut out = json!({
             "da_step_s": da_step_s,
             "da_epoch_s": da_step_s.map(|s| s * 100.0),
             "effnet_lite0_da_step_s": effnet_da_step_s,
+            "ft_step_s": ft_step_s,
+            "ft_epoch_s": ft_step_s.map(|s| s * 100.0),
             "vgg16_extract_img_s": extract_img_s,
             "vgg16_extract_gflops": extract_img_s * VGG16_GFLOP_150,
             "vgg16_extract_nchw_img_s": nchw_img_s,
@@ -145,6 +151,20 @@ fn da_step_seconds(data: &std::path::Path, backbone: &str, steps: usize) -> Resu
     aula::train::seed(0);
     let base = aula::model::applications::by_name(backbone)?(Weights::None, false, (150, 150, 3))?;
     let mut model = crate::fine_tune::with_frozen_classifier(base)?;
+    timed_steps(&mut model, data, steps)
+}
+
+/// Seconds per training step of the fine-tuning: the same model with block 5
+/// trainable too (RMSprop 1e-5), as notebook 03 trains it.
+fn ft_step_seconds(data: &std::path::Path, steps: usize) -> Result<f64> {
+    aula::train::seed(0);
+    let mut model = crate::fine_tune::with_frozen_classifier(vgg16(Weights::None, false, (150, 150, 3))?)?;
+    crate::fine_tune::unfreeze_block5(&mut model)?;
+    timed_steps(&mut model, data, steps)
+}
+
+/// `steps` steps of the slides' augmented training data through `model`, after one warm-up step.
+fn timed_steps(model: &mut Sequential, data: &std::path::Path, steps: usize) -> Result<f64> {
     let datagen = crate::fine_tune::slides_augmentation(Preprocessing::Rescale(1.0 / 255.0))?;
     let mut train = datagen.flow_from_directory(data.join("train"), (150, 150), 20, ClassMode::Binary)?;
     // The steady state of a 30-epoch training: every image was decoded in the

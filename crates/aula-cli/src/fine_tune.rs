@@ -73,15 +73,7 @@ pub fn run(args: Args) -> Result<()> {
     train.check_same_classes(&test)?;
     let head = fit(&args, &mut model, &mut train, &mut validation, args.head_epochs, &checkpoints.join(format!("data_augmentation{suffix}")))?;
 
-    // Slide "Cambios al código para fine tuning": from block5_conv1 on, trainable.
-    let vgg16 = model.get_layer("vgg16")?;
-    vgg16.trainable = true;
-    let mut set_trainable = false;
-    for layer in vgg16.as_model_mut()?.layers_mut() {
-        set_trainable |= layer.name == "block5_conv1";
-        layer.trainable = set_trainable;
-    }
-    model.compile(RMSprop::new(1e-5), "binary_crossentropy", &["acc"])?;
+    unfreeze_block5(&mut model)?;
     let mut fine = fit(&args, &mut model, &mut train, &mut validation, args.epochs, &checkpoints.join(format!("fine_tuning{suffix}")))?;
 
     // Slide "Evaluación del modelo".
@@ -122,6 +114,20 @@ pub fn with_frozen_classifier(conv_base: Sequential) -> Result<Sequential> {
     model.get_layer(&base_name)?.trainable = false;
     model.compile(RMSprop::new(2e-5), "binary_crossentropy", &["acc"])?;
     Ok(model)
+}
+
+/// Slide "Cambios al código para fine tuning": the base trainable from
+/// `block5_conv1` on (the slide's `set_trainable` loop), compiled with RMSprop(1e-5).
+pub fn unfreeze_block5(model: &mut Sequential) -> Result<()> {
+    let vgg16 = model.get_layer("vgg16")?;
+    vgg16.trainable = true;
+    let mut set_trainable = false;
+    for layer in vgg16.as_model_mut()?.layers_mut() {
+        set_trainable |= layer.name == "block5_conv1";
+        layer.trainable = set_trainable;
+    }
+    model.compile(RMSprop::new(1e-5), "binary_crossentropy", &["acc"])?;
+    Ok(())
 }
 
 /// The slides' `ImageDataGenerator(rotation_range=40, width_shift_range=0.2,

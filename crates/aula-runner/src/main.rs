@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Class mode: cells tagged `no-ejecutar` or `skip-execution` keep their stored outputs;
     /// every other code cell runs. Executed notebooks (+ HTML) go to --out; the sources are
-    /// never modified.
+    /// not modified unless --store is given.
     Clase(RunArgs),
     /// Run every cell and store the outputs back into the source notebooks (atomically,
     /// and only when no cell failed). Copies (+ HTML) also go to --out.
@@ -63,6 +63,10 @@ struct RunArgs {
     /// No per-cell progress on stderr (summaries and failures are still printed).
     #[arg(long, short)]
     quiet: bool,
+    /// (clase) Store the fresh outputs back into the source notebooks when every cell
+    /// passed (atomically); the tagged cells keep their recorded outputs.
+    #[arg(long)]
+    store: bool,
 }
 
 fn seconds(name: &str, secs: f64) -> Result<Duration, String> {
@@ -135,7 +139,11 @@ fn main() -> ExitCode {
     if mode == Mode::Instructor && std::env::var_os("AULA_RENDER").is_none() {
         std::env::set_var("AULA_RENDER", "1");
     }
+    if args.store && mode != Mode::Clase {
+        return usage("--store is for `clase` (instructor mode always stores; check mode never does)");
+    }
     let opts = Options {
+        store: args.store,
         mode,
         out_dir: args.out,
         kernel: args.kernel,

@@ -53,6 +53,10 @@ pub struct Options {
     pub html: bool,
     /// Keep running the cells after a failing one (the run still fails).
     pub continue_on_error: bool,
+    /// `clase --store`: store the fresh outputs back into the source notebooks, as
+    /// instructor mode does, when every cell passed; the tagged cells, not run, keep
+    /// their recorded outputs. For refreshing the notebooks after editing a cell.
+    pub store: bool,
 }
 
 impl Default for Options {
@@ -65,6 +69,7 @@ impl Default for Options {
             startup_timeout: Duration::from_secs(60),
             html: true,
             continue_on_error: false,
+            store: false,
         }
     }
 }
@@ -535,7 +540,7 @@ async fn run_notebook(
             format!("cannot write {}: {e}", out_ipynb.display()),
         ),
     }
-    if opts.mode == Mode::Instructor {
+    if opts.mode == Mode::Instructor || opts.store {
         if report.failures.is_empty() {
             update_source(&notebook, &json, &mut report);
         } else {

@@ -381,6 +381,27 @@ fn an_unknown_kernelspec_lists_the_kernels_found() {
 }
 
 #[test]
+fn clase_store_refreshes_the_run_cells_and_keeps_the_recorded_ones() {
+    let f = Fixture::new();
+    let src = f.notebook(
+        "edited.ipynb",
+        &notebook(vec![
+            code("print('fresh')"),
+            tagged("print('would train')", "no-ejecutar", json!([{"output_type": "stream", "name": "stdout", "text": "recorded\n"}])),
+        ]),
+    );
+    let r = f.run(&["clase", "edited.ipynb", "--no-html", "--store"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let nb = read_json(&src);
+    assert_eq!(text(&nb["cells"][0]["outputs"][0]["text"]), "fresh\n");
+    assert_eq!(text(&nb["cells"][1]["outputs"][0]["text"]), "recorded\n");
+    // Only class mode takes it.
+    let r = f.run(&["check", "edited.ipynb", "--no-html", "--store"]);
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(r.stderr.contains("--store is for `clase`"), "{r}");
+}
+
+#[test]
 fn instructor_runs_every_cell_and_stores_outputs_in_the_source() {
     let f = Fixture::new();
     let src = f.notebook(

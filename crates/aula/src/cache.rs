@@ -126,7 +126,7 @@ pub(crate) fn load_cached(path: &Path, samples: usize) -> Option<(Tensor, Tensor
     if !path.exists() || std::env::var_os("AULA_NO_FEATURE_CACHE").is_some() {
         return None;
     }
-    load(path, samples).map_err(|e| eprintln!("warning: ignoring the feature cache: {e:#}")).ok()
+    load(path, samples).map_err(|e| eprintln!("aviso: no uso la caché de características: {e:#}")).ok()
 }
 
 /// Writes features and labels to a cache file, atomically.

@@ -106,7 +106,7 @@ impl Comparison {
                 .configure_mesh()
                 .disable_x_mesh()
                 .x_label_formatter(&|x| segment_name(x, &names))
-                .y_desc("val acc")
+                .y_desc("precisión de validación")
                 .draw()?;
             chart.draw_series(self.rows.iter().enumerate().map(|(i, r)| {
                 let v = r.best_val_acc.clamp(0.5, 1.0);
@@ -114,7 +114,12 @@ impl Comparison {
             }))?;
             Ok(())
         })?;
-        Ok(Png(png))
+        let bars: Vec<String> = self
+            .rows
+            .iter()
+            .map(|r| format!("{} {} imágenes/s, {}", r.name, crate::display::decimal(r.images_per_second, 1), crate::display::decimal(r.best_val_acc, 3)))
+            .collect();
+        Ok(Png::new(png, format!("Barras de imágenes por segundo y mejor precisión de validación: {}.", bars.join("; "))))
     }
 
     pub fn evcxr_display(&self) {
@@ -144,8 +149,9 @@ mod tests {
         }
         let html = c.table().to_html();
         assert!(html.contains("VGG16") && html.contains("EfficientNetLite0") && html.contains("0.950"), "{html}");
-        let png = c.chart().unwrap().0;
-        assert_eq!(&png[1..4], b"PNG");
+        let png = c.chart().unwrap();
+        assert_eq!(&png.bytes[1..4], b"PNG");
+        assert!(png.alt.contains("EfficientNetLite0 120,0 imágenes/s, 0,950"), "{}", png.alt);
     }
 
     #[test]

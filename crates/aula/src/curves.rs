@@ -84,15 +84,12 @@ impl Metric {
         }
     }
 
-    /// Chollet's legend names (`"Training acc"`, `"Smoothed validation loss"`, ...).
+    /// The legend names, in Spanish (Chollet's "Training acc", "Smoothed validation loss"):
+    /// the title already names the metric.
     pub fn labels(self, smooth: Option<f64>) -> (String, String) {
-        let key = self.key();
         match smooth {
-            Some(_) => (
-                format!("Smoothed training {key}"),
-                format!("Smoothed validation {key}"),
-            ),
-            None => (format!("Training {key}"), format!("Validation {key}")),
+            Some(_) => ("Entrenamiento (suavizada)".to_string(), "Validación (suavizada)".to_string()),
+            None => ("Entrenamiento".to_string(), "Validación".to_string()),
         }
     }
 
@@ -120,11 +117,11 @@ pub struct Curves<'a> {
     pub title: &'a str,
     /// Name of the y axis.
     pub y_label: &'a str,
-    /// Legend name of the training series (`"Training acc"`).
+    /// Legend name of the training series (`"Entrenamiento"`).
     pub training_label: &'a str,
     /// One value per epoch, epoch 1 first.
     pub training: &'a [f64],
-    /// Legend name of the validation series (`"Validation acc"`).
+    /// Legend name of the validation series (`"Validación"`).
     pub validation_label: &'a str,
     /// One value per epoch, epoch 1 first.
     pub validation: &'a [f64],
@@ -488,7 +485,7 @@ mod tests {
         let svg = fs::read_to_string(dir.path().join("fe_acc.svg")).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..60.min(svg.len())]);
         assert!(svg.contains("Precisión de entrenamiento y validación"));
-        assert!(svg.contains("Training acc") && svg.contains("Validation acc"));
+        assert!(svg.contains("Entrenamiento") && svg.contains("Validación"));
         let svg = fs::read_to_string(dir.path().join("fe_loss.svg")).unwrap();
         assert!(svg.contains("Pérdida de entrenamiento y validación"));
         // No temporary file is left behind.
@@ -505,7 +502,7 @@ mod tests {
         plot_history(&history(10), Some(0.8), dir.path(), "s").unwrap();
         let svg = fs::read_to_string(dir.path().join("s_loss.svg")).unwrap();
         assert!(svg.contains("(suavizado 0,8)"));
-        assert!(svg.contains("Smoothed validation loss"));
+        assert!(svg.contains("Validación (suavizada)"));
     }
 
     #[test]

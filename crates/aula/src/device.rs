@@ -15,9 +15,9 @@ pub fn default_device() -> Device {
     }
 }
 
-/// One line a student can read: what runs their model, and in which precision
-/// its frozen layers run and why: "CPU, 2 threads, libtorch 2.11.0, bf16
-/// (amx_bf16: 2.4× fp32 measured)". The first call on a CPU may run the
+/// One line a student can read, in Spanish as the notebooks: what runs their model, and in
+/// which precision its frozen layers run and why: "CPU, 2 hilos, libtorch 2.11.0, bf16
+/// (amx_bf16: 2,4× fp32, medido)". The first call on a CPU may run the
 /// precision calibration (a few seconds, once per CPU model).
 pub fn device_info() -> String {
     let device = default_device();
@@ -26,7 +26,7 @@ pub fn device_info() -> String {
         _ => "CPU".to_string(),
     };
     let precision = crate::precision::policy(device);
-    format!("{place}, {} threads, libtorch {}, {precision}", tch::get_num_threads(), libtorch_version())
+    format!("{place}, {} hilos, libtorch {}, {precision}", tch::get_num_threads(), libtorch_version())
 }
 
 /// The CPU's model name (/proc/cpuinfo), for figures and provenance.

@@ -52,21 +52,47 @@ impl Summary {
     }
 }
 
-/// A picture (PNG bytes) that shows itself in a notebook.
+/// A picture (PNG bytes) that shows itself in a notebook, with a text
+/// description (`alt`) as its `text/plain` fallback: what nbconvert to text, a
+/// screen reader or a diff of the notebook sees instead of the pixels.
 #[derive(Clone, Debug)]
-pub struct Png(pub Vec<u8>);
+pub struct Png {
+    pub bytes: Vec<u8>,
+    pub alt: String,
+}
 
 impl Png {
-    pub fn evcxr_display(&self) {
-        emit_png(&self.0);
+    pub fn new(bytes: Vec<u8>, alt: impl Into<String>) -> Png {
+        Png { bytes, alt: alt.into() }
     }
+
+    pub fn evcxr_display(&self) {
+        emit_png(&self.bytes);
+        emit("text/plain", &self.alt);
+    }
+}
+
+/// "0,906": a figure as the Spanish text around it writes it.
+pub fn decimal(value: f64, decimals: usize) -> String {
+    format!("{value:.decimals$}").replace('.', ",")
 }
 
 impl History {
     /// Accuracy and loss side by side; `smooth: Some(0.8)` for the slide
     /// "Gráficas" (exponentially smoothed curves).
     pub fn plot(&self, smooth: Option<f64>) -> Result<Png> {
-        crate::curves::history_png(self, smooth).map(Png)
+        Ok(Png::new(crate::curves::history_png(self, smooth)?, self.describe(smooth)))
+    }
+
+    /// The figure in words (its alt text): "Gráfica de precisión y pérdida de entrenamiento y
+    /// validación, 30 épocas, suavizada (0,8); mejor precisión de validación 0,906 (época 26)."
+    pub fn describe(&self, smooth: Option<f64>) -> String {
+        let smoothing = smooth.map(|f| format!(", suavizada ({})", decimal(f, 1))).unwrap_or_default();
+        let best = match self.best_val_acc() {
+            Some((acc, epoch)) => format!("; mejor precisión de validación {} (época {epoch})", decimal(acc, 3)),
+            None => String::new(),
+        };
+        format!("Gráfica de precisión y pérdida de entrenamiento y validación, {} épocas{smoothing}{best}.", self.epochs())
     }
 
     /// A History as a cell's last value shows its raw curves.
@@ -80,6 +106,7 @@ impl History {
 
 /// A grid of images with a caption under each, as PNG: a batch from a
 /// `DirectoryIterator`, augmented versions of one picture, test predictions.
+/// Its alt text lists the captions.
 #[derive(Clone, Debug)]
 pub struct ImageGrid(pub Png);
 
@@ -119,7 +146,11 @@ impl ImageGrid {
             }
             Ok(())
         })?;
-        Ok(ImageGrid(Png(png)))
+        let alt = match captions {
+            [] => format!("{n} imágenes."),
+            _ => format!("{n} imágenes: {}.", captions.join("; ")),
+        };
+        Ok(ImageGrid(Png::new(png, alt)))
     }
 
     pub fn evcxr_display(&self) {

@@ -71,7 +71,7 @@ pub fn extract_features(conv_base: &Sequential, generator: &DirectoryIterator) -
     }
 
     let n = generator.samples();
-    let mut bar = crate::progress::Progress::new(n as u64, "extracting features", "images");
+    let mut bar = crate::progress::Progress::new(n as u64, "extrayendo características", "imágenes");
     let _running = crate::interrupt::Running::start();
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     // File order (not the generator's shuffled order): features[i] is filenames()[i].

@@ -14,6 +14,7 @@
 //! - [`rendered`]: the results of the "no ejecutar en clase" cells, restored in class;
 //! - [`comparison`]: VGG16 against lighter backbones (notebook 04).
 
+pub mod architecture;
 mod cache;
 pub mod comparison;
 pub mod convert;
@@ -44,12 +45,13 @@ pub use tch::{Device, Kind, Tensor};
 
 /// What a notebook or a program usually wants in scope: `use aula::prelude::*;`.
 pub mod prelude {
+    pub use crate::architecture::{model_table, plot_model};
     pub use crate::curves::{plot_history, smooth_curve};
     pub use crate::data::{ClassMode, DirectoryIterator, ImageDataGenerator, Preprocessing};
     pub use crate::device::{default_device, device_info};
     pub use crate::display::{ImageGrid, Png, Table};
     pub use crate::features::extract_features;
-    pub use crate::probabilities::{probability_histogram, summarize};
+    pub use crate::probabilities::{most_confident_errors, probability_histogram, summarize};
     pub use crate::model::applications::{
         EfficientNetLite0, InceptionV3, MobileNet, MobileNetV2, ResNet50, Xception, VGG19,
     };

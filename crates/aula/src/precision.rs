@@ -68,14 +68,14 @@ pub const MIN_BF16_SPEEDUP: f64 = 1.15;
 #[derive(Clone, Debug, Serialize)]
 pub struct Policy {
     pub precision: Precision,
-    /// "AULA_PRECISION", "CUDA", or what the calibration measured.
+    /// "elegida con AULA_PRECISION", "CUDA", or what the calibration measured.
     pub reason: String,
     /// The CPU calibration, when the choice came from it.
     pub calibration: Option<Calibration>,
 }
 
 impl std::fmt::Display for Policy {
-    /// "bf16 (amx_bf16: 2.4× fp32 measured)": what `device_info()` shows.
+    /// "bf16 (amx_bf16: 2,4× fp32, medido)": what `device_info()` shows (in Spanish, as the notebooks).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.precision, self.reason)
     }
@@ -169,12 +169,15 @@ pub fn policy(device: Device) -> &'static Policy {
             None
         });
         match overridden {
-            Some(precision) => Policy { precision, reason: "AULA_PRECISION".to_string(), calibration: None },
+            Some(precision) => Policy { precision, reason: "elegida con AULA_PRECISION".to_string(), calibration: None },
             // Every GPU libtorch 2.11 supports runs bf16 convolutions natively or in its tensor cores.
             None if cuda => Policy { precision: Precision::Bf16, reason: "CUDA".to_string(), calibration: None },
             None => {
                 let c = cpu_calibration().clone();
-                Policy { precision: c.precision, reason: c.reason.clone(), calibration: Some(c) }
+                // The reason is worded now, not read from the file: an older file may hold another wording.
+                let (chosen, reason) = choose(c.bf16_speedup, &c.key);
+                let reason = if chosen == c.precision { reason } else { c.reason.clone() };
+                Policy { precision: c.precision, reason, calibration: Some(c) }
             }
         }
     })
@@ -260,10 +263,15 @@ fn read(path: &Path, key: &CalibrationKey) -> Result<Option<Calibration>> {
 pub fn choose(bf16_speedup: f64, key: &CalibrationKey) -> (Precision, String) {
     if bf16_speedup >= MIN_BF16_SPEEDUP {
         let hardware = key.native_bf16().unwrap_or("no bf16 flag");
-        (Precision::Bf16, format!("{hardware}: {bf16_speedup:.1}× fp32 measured"))
+        (Precision::Bf16, format!("{hardware}: {} fp32, medido", times(bf16_speedup, 1)))
     } else {
-        (Precision::Fp32, format!("bf16 measured {bf16_speedup:.2}× fp32"))
+        (Precision::Fp32, format!("bf16 medido a {} fp32", times(bf16_speedup, 2)))
     }
+}
+
+/// "6,9×": a ratio as a Spanish reader writes it.
+fn times(ratio: f64, decimals: usize) -> String {
+    format!("{ratio:.decimals$}×").replace('.', ",")
 }
 
 /// Best of 3 timings (after a warm-up, which builds oneDNN's kernels) of
@@ -330,12 +338,12 @@ mod tests {
     #[test]
     fn bf16_is_chosen_only_when_clearly_faster() {
         let (p, reason) = choose(2.4, &key());
-        assert_eq!((p, reason.as_str()), (Precision::Bf16, "amx_bf16: 2.4× fp32 measured"));
+        assert_eq!((p, reason.as_str()), (Precision::Bf16, "amx_bf16: 2,4× fp32, medido"));
         let (p, reason) = choose(0.6, &key());
-        assert_eq!((p, reason.as_str()), (Precision::Fp32, "bf16 measured 0.60× fp32"));
+        assert_eq!((p, reason.as_str()), (Precision::Fp32, "bf16 medido a 0,60× fp32"));
         assert_eq!(choose(1.1, &key()).0, Precision::Fp32, "within the noise");
-        let policy = Policy { precision: Precision::Bf16, reason: "amx_bf16: 2.4× fp32 measured".into(), calibration: None };
-        assert_eq!(policy.to_string(), "bf16 (amx_bf16: 2.4× fp32 measured)");
+        let policy = Policy { precision: Precision::Bf16, reason: "amx_bf16: 2,4× fp32, medido".into(), calibration: None };
+        assert_eq!(policy.to_string(), "bf16 (amx_bf16: 2,4× fp32, medido)");
     }
 
     #[test]

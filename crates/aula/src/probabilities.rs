@@ -6,7 +6,7 @@
 //! p(dog) = 0.01 costs 4.6, a right answer at 0.9 costs 0.1) can keep the loss
 //! flat or rising while more predictions cross to the right side.
 
-use crate::display::Png;
+use crate::display::{decimal, Png, Table};
 use anyhow::{bail, Result};
 use plotters::prelude::*;
 use tch::{Kind, Tensor};
@@ -22,6 +22,46 @@ pub struct ProbabilitySummary {
     pub loss: f64,
     /// Share of the total loss that the 5 % worst predictions carry.
     pub worst_5pct_loss_share: f64,
+}
+
+impl ProbabilitySummary {
+    /// What a cell shows: the figures in Spanish, one per row.
+    pub fn table(&self) -> Table {
+        let mut table = Table::new(&["", ""]);
+        table
+            .row(vec!["imágenes".into(), self.samples.to_string()])
+            .row(vec!["errores".into(), self.errors.to_string()])
+            .row(vec!["precisión (accuracy)".into(), decimal(self.accuracy, 3)])
+            .row(vec!["pérdida media (loss)".into(), decimal(self.loss, 3)])
+            .row(vec![
+                "parte de la pérdida que suman el 5 % de peores predicciones".into(),
+                format!("{} %", decimal(100.0 * self.worst_5pct_loss_share, 1)),
+            ]);
+        table
+    }
+
+    pub fn evcxr_display(&self) {
+        self.table().evcxr_display();
+    }
+}
+
+/// The `k` wrong predictions the model was most sure of (farthest from 0.5 on
+/// the wrong side), most confident first: the images that weigh most in the
+/// loss while the accuracy only counts them once.
+pub fn most_confident_errors(p: &Tensor, y: &Tensor, k: usize) -> Result<Vec<usize>> {
+    let (p, y) = (values(p)?, values(y)?);
+    if p.len() != y.len() {
+        bail!("{} probabilities for {} labels", p.len(), y.len());
+    }
+    let mut wrong: Vec<(usize, f32)> = p
+        .iter()
+        .zip(&y)
+        .enumerate()
+        .filter(|(_, (&p, &y))| (p > 0.5) != (y > 0.5))
+        .map(|(i, (&p, _))| (i, (p - 0.5).abs()))
+        .collect();
+    wrong.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(wrong.into_iter().take(k).map(|(i, _)| i).collect())
 }
 
 fn values(t: &Tensor) -> Result<Vec<f32>> {
@@ -101,7 +141,17 @@ pub fn probability_histogram(p: &Tensor, y: &Tensor, class_names: [&str; 2]) -> 
         chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.9)).position(SeriesLabelPosition::UpperMiddle).draw()?;
         Ok(())
     })?;
-    Ok(Png(png))
+    let wrong = |class: bool| p.iter().zip(&y).filter(|(&p, &y)| (y > 0.5) == class && (p > 0.5) != class).count();
+    let alt = format!(
+        "Histograma de p({}) de {} imágenes por clase real ({}: {} errores; {}: {} errores), con el umbral 0,5 marcado.",
+        class_names[1],
+        p.len(),
+        class_names[0],
+        wrong(false),
+        class_names[1],
+        wrong(true)
+    );
+    Ok(Png::new(png, alt))
 }
 
 #[cfg(test)]
@@ -123,7 +173,21 @@ mod tests {
         // 5 × 4.6 against 95 × 0.105: the worst 5 % carry ~70 % of the loss.
         assert!(s.worst_5pct_loss_share > 0.65, "{s:?}");
         let png = probability_histogram(&Tensor::from_slice(&p), &Tensor::from_slice(&y), ["gato", "perro"]).unwrap();
-        assert!(png.0.starts_with(b"\x89PNG"));
+        assert!(png.bytes.starts_with(b"\x89PNG"));
+        // The alt text counts the mistakes per true class.
+        assert!(png.alt.contains("gato: 0 errores; perro: 5 errores"), "{}", png.alt);
         assert!(summarize(&Tensor::from_slice(&p[..3]), &Tensor::from_slice(&y)).is_err());
+        let table = s.table().to_string();
+        assert!(table.contains("errores") && table.contains("0,950") && !table.contains("0.95"), "{table}");
+    }
+
+    #[test]
+    fn the_most_confident_errors_come_first() {
+        let p = [0.9f32, 0.2, 0.45, 0.99, 0.02, 0.6];
+        let y = [1.0f32, 1.0, 1.0, 0.0, 1.0, 0.0];
+        // Wrong: 1 (0.2 for a dog), 2 (0.45), 3 (0.99 for a cat), 4 (0.02), 5 (0.6).
+        let picks = most_confident_errors(&Tensor::from_slice(&p), &Tensor::from_slice(&y), 3).unwrap();
+        assert_eq!(picks, vec![3, 4, 1]);
+        assert_eq!(most_confident_errors(&Tensor::from_slice(&p[..2]), &Tensor::from_slice(&y[..2]), 9).unwrap(), vec![1]);
     }
 }

@@ -4,6 +4,7 @@
 //! committed under `assets/rendered/<step>/`, and in class the notebook loads
 //! it so that every later cell runs.
 
+use crate::display::{decimal, Table};
 use crate::model::Sequential;
 use crate::train::History;
 use anyhow::{bail, Context, Result};
@@ -89,9 +90,9 @@ fn guard_message(step: &str, what: &str, provenance: Option<&Value>) -> String {
     let recorded = match provenance {
         Some(p) => {
             let epochs = p["epochs"].as_u64().unwrap_or(0);
-            let device = p["device"].get(0).and_then(Value::as_str).unwrap_or("?");
+            let device = p["device"].get(0).and_then(Value::as_str).map_or("?".to_string(), device_es);
             let best = p["best_val_acc"].as_f64().map_or(String::new(), |v| {
-                format!(", mejor val_acc {}", format!("{v:.3}").replace('.', ","))
+                format!(", mejor val_acc {}", decimal(v, 3))
             });
             format!(
                 "La ejecución grabada: {epochs} épocas en {} ({device}){best}. La celda siguiente carga \
@@ -123,6 +124,67 @@ fn duration_es(seconds: f64) -> String {
 pub struct Rendered {
     pub history: History,
     pub provenance: Value,
+}
+
+impl Rendered {
+    /// The recorded run in a student's words: what a cell shows instead of the raw
+    /// `provenance.json` (whose keys stay English: it is a data file).
+    pub fn table(&self) -> Table {
+        let p = &self.provenance;
+        let text = |key: &str| p[key].as_str().map(str::to_string);
+        let mut table = Table::new(&["ejecución grabada", ""]);
+        let mut row = |name: &str, value: Option<String>| {
+            if let Some(value) = value.filter(|v| !v.is_empty()) {
+                table.row(vec![name.to_string(), value]);
+            }
+        };
+        // Not the recipe: the cell above shows it as code, and the record keeps it in English.
+        row("paso", text("step"));
+        let epoch_s: Vec<f64> = p["epoch_s"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+        row("épocas", Some(self.history.epochs().to_string()));
+        row("tiempo de entrenamiento", p["wall_s"].as_f64().map(|s| format!("{} (suma de las épocas)", duration_es(s))));
+        row("tiempo por época", median(&epoch_s).map(|m| {
+            let fastest = epoch_s.iter().copied().fold(f64::INFINITY, f64::min);
+            format!("mediana {m:.0} s (la más rápida {fastest:.0} s)")
+        }));
+        row("de principio a fin", match (text("started"), text("ended")) {
+            (Some(a), Some(b)) => Some(format!("{a} → {b}")),
+            _ => None,
+        });
+        let sessions = p["sessions"].as_array().map_or(0, Vec::len);
+        let resumed = sessions.saturating_sub(1);
+        row("reanudada", (resumed > 0).then(|| format!("{resumed} {} (se ve en el registro)", if resumed == 1 { "vez" } else { "veces" })));
+        let devices: Vec<String> = p["device"].as_array().map(|a| a.iter().filter_map(Value::as_str).map(device_es).collect()).unwrap_or_default();
+        row("dispositivo", Some(devices.join(" · ")));
+        row("CPU", text("cpu"));
+        row("mejor val_acc", self.history.best_val_acc().map(|(acc, epoch)| format!("{} (época {epoch})", decimal(acc, 3))));
+        let dirty = if p["uncommitted_changes"] == Value::Bool(true) { " (con cambios sin confirmar)" } else { "" };
+        row("commit", text("commit").map(|c| format!("{c}{dirty}")));
+        row("grabada el", text("date"));
+        row("orden", p["sessions"][0]["command"].as_str().map(|c| format!("`{c}`")));
+        table
+    }
+
+    pub fn evcxr_display(&self) {
+        self.table().evcxr_display();
+    }
+}
+
+/// A recorded `device_info()` line in today's wording: records made before
+/// it spoke Spanish say "2 threads" and "6.9× fp32 measured".
+fn device_es(line: &str) -> String {
+    line.replace(" threads", " hilos").replace("× fp32 measured", "× fp32, medido").replace("bf16 measured ", "bf16 medido a ")
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
 }
 
 /// Saves a step's results: `history.json`, `weights.safetensors` (trainable
@@ -258,11 +320,35 @@ mod tests {
         let provenance = json!({"epochs": 30, "wall_s": 12312.0, "device": ["CPU, 2 threads"], "best_val_acc": 0.906});
         let text = guard_message("data_augmentation", "el clasificador con aumento de datos", Some(&provenance));
         assert!(text.contains("entrenaría el clasificador con aumento de datos"), "{text}");
-        assert!(text.contains("30 épocas en 3 h 25 min (CPU, 2 threads), mejor val_acc 0,906"), "{text}");
+        assert!(text.contains("30 épocas en 3 h 25 min (CPU, 2 hilos), mejor val_acc 0,906"), "{text}");
         assert!(text.contains("La celda siguiente carga") && text.contains("make render"), "{text}");
         assert!(text.contains("AULA_RENDER"), "{text}");
         let none = guard_message("fine_tuning", "x", None);
         assert!(none.contains("Aún no hay ejecución grabada en assets/rendered/fine_tuning/"), "{none}");
         assert_eq!((duration_es(59.0), duration_es(3600.0), duration_es(5400.0)), ("1 min".into(), "1 h".into(), "1 h 30 min".into()));
+    }
+
+    #[test]
+    fn the_record_reads_as_a_spanish_table() {
+        let history = History { val_acc: vec![0.8, 0.9, 0.85], ..Default::default() };
+        let provenance = json!({
+            "step": "fine_tuning", "epoch_s": [300.0, 100.0, 120.0], "wall_s": 520.0,
+            "started": "2026-12-01T10:00:00Z", "ended": "2026-12-01T10:09:00Z",
+            "sessions": [{"command": "make render NOTEBOOKS=x"}, {"command": "make render"}],
+            "device": ["CPU, 2 hilos"], "commit": "abc123", "uncommitted_changes": true,
+        });
+        let text = Rendered { history, provenance }.table().to_string();
+        for expected in [
+            "9 min (suma de las épocas)",
+            "mediana 120 s (la más rápida 100 s)",
+            "2026-12-01T10:00:00Z → 2026-12-01T10:09:00Z",
+            "1 vez (se ve en el registro)",
+            "0,900 (época 2)",
+            "abc123 (con cambios sin confirmar)",
+            "`make render NOTEBOOKS=x`",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in\n{text}");
+        }
+        assert!(!text.contains("grabada el"), "absent fields are left out:\n{text}");
     }
 }

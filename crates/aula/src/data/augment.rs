@@ -36,6 +36,17 @@ pub enum FillMode {
     Reflect,
 }
 
+impl FillMode {
+    /// The name Keras's `fill_mode` argument takes.
+    pub fn keras_name(self) -> &'static str {
+        match self {
+            FillMode::Nearest => "nearest",
+            FillMode::Constant => "constant",
+            FillMode::Reflect => "reflect",
+        }
+    }
+}
+
 impl std::str::FromStr for FillMode {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -83,6 +94,43 @@ pub struct Transform {
 }
 
 impl Augmentation {
+    /// The slide's arguments with what each does, in Spanish: what a cell shows.
+    pub fn table(&self) -> crate::display::Table {
+        use crate::display::decimal;
+        let percent = |f: f64| format!("{} %", decimal(100.0 * f, 0));
+        let mut table = crate::display::Table::new(&["argumento", "valor", "qué hace"]);
+        table
+            .row(vec!["rotation_range".into(), decimal(self.rotation_range, 0), format!("gira hasta ±{}°", decimal(self.rotation_range, 0))])
+            .row(vec!["width_shift_range".into(), decimal(self.width_shift_range, 2), format!("desplaza hasta un {} del ancho", percent(self.width_shift_range))])
+            .row(vec!["height_shift_range".into(), decimal(self.height_shift_range, 2), format!("desplaza hasta un {} del alto", percent(self.height_shift_range))])
+            .row(vec!["shear_range".into(), decimal(self.shear_range, 2), format!("cizalla hasta ±{}° (en grados, como Keras)", decimal(self.shear_range, 2))])
+            .row(vec![
+                "zoom_range".into(),
+                decimal(self.zoom_range, 2),
+                format!("zoom entre {} y {}", decimal(1.0 - self.zoom_range, 2), decimal(1.0 + self.zoom_range, 2)),
+            ])
+            .row(vec![
+                "horizontal_flip".into(),
+                if self.horizontal_flip { "True" } else { "False" }.into(),
+                if self.horizontal_flip { "voltea en horizontal la mitad de las veces" } else { "no voltea" }.into(),
+            ])
+            .row(vec![
+                "fill_mode".into(),
+                format!("'{}'", self.fill_mode.keras_name()),
+                match self.fill_mode {
+                    FillMode::Nearest => "rellena con el píxel del borde más cercano",
+                    FillMode::Constant => "rellena de negro",
+                    FillMode::Reflect => "rellena con el reflejo de la imagen",
+                }
+                .into(),
+            ]);
+        table
+    }
+
+    pub fn evcxr_display(&self) {
+        self.table().evcxr_display();
+    }
+
     pub fn is_identity(&self) -> bool {
         self.rotation_range == 0.0
             && self.width_shift_range == 0.0
@@ -308,6 +356,23 @@ fn matmul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
 mod tests {
     use super::*;
     use tch::Kind;
+
+    #[test]
+    fn the_slide_arguments_read_as_a_spanish_table() {
+        let slide = Augmentation {
+            rotation_range: 40.0,
+            width_shift_range: 0.2,
+            height_shift_range: 0.2,
+            shear_range: 0.2,
+            zoom_range: 0.2,
+            horizontal_flip: true,
+            fill_mode: FillMode::Nearest,
+        };
+        let text = slide.table().to_string();
+        for expected in ["gira hasta ±40°", "hasta un 20 % del ancho", "zoom entre 0,80 y 1,20", "'nearest'"] {
+            assert!(text.contains(expected), "{expected:?} not in\n{text}");
+        }
+    }
 
     /// value = 10 * row + col in every channel.
     fn ramp(h: u32, w: u32) -> RgbImage {

@@ -33,7 +33,7 @@ impl FrozenPrefixCache {
     /// is nothing to keep: no frozen first layer, augmented images, or over 1 GiB.
     pub(super) fn build(model: &Sequential, images: &DirectoryIterator) -> Result<Option<FrozenPrefixCache>> {
         let Some(len) = frozen_len(model, images) else { return Ok(None) };
-        compute(model, images, len, "validation images through the frozen layers (once)")
+        compute(model, images, len, "imágenes de validación por las capas congeladas (una vez)")
     }
 
     /// The same, kept on disk under a content key as extracted features are
@@ -45,15 +45,15 @@ impl FrozenPrefixCache {
         let path = cache::path(&format!("frozen-{}", key(model, len, images)?));
         let last = model.leaves()[len - 1].0.name.clone();
         if let Some((outputs, labels)) = load_cached(&path, images.samples()) {
-            eprintln!("the frozen layers' outputs (up to {last}) for these {} images come from {}", images.samples(), path.display());
+            eprintln!("las salidas de las capas congeladas (hasta {last}) de estas {} imágenes vienen de {}", images.samples(), crate::paths::display_path(&path));
             return Ok(Some(FrozenPrefixCache { len, outputs: outputs.to_device(model.device()), labels }));
         }
-        let what = format!("images through the frozen layers (up to {last}, kept for next time)");
+        let what = format!("imágenes por las capas congeladas (hasta {last}; se guardan para la próxima vez)");
         let cache = compute(model, images, len, &what)?;
         if let Some(cache) = &cache {
             // A cache that cannot be written costs time next run, not this result.
             if let Err(e) = store(&path, &cache.outputs.to_device(Device::Cpu), &cache.labels) {
-                eprintln!("warning: the frozen layers' outputs are not cached: {e:#}");
+                eprintln!("aviso: las salidas de las capas congeladas no se guardan: {e:#}");
             }
         }
         Ok(cache)
@@ -101,7 +101,7 @@ fn compute(model: &Sequential, images: &DirectoryIterator, len: usize, what: &st
     let n = images.samples();
     let order: Vec<usize> = (0..n).collect();
     let mut outputs = Vec::new();
-    let mut bar = crate::progress::Progress::new(n as u64, what, "images");
+    let mut bar = crate::progress::Progress::new(n as u64, what, "imágenes");
     for (i, indices) in order.chunks(images.batch_size()).enumerate() {
         crate::interrupt::check(|| format!("cálculo de las capas congeladas interrumpido tras {} de {n} imágenes: ejecutar otra vez la celda empieza de nuevo.", i * images.batch_size()))?;
         let (x, _) = images.load_batch(indices)?;

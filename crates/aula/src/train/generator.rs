@@ -71,7 +71,7 @@ impl Sequential {
             generator.check_same_classes(val)?;
         }
         if self.trainable_changes_pending() {
-            eprintln!("warning: trainable flags changed after compile(); they take effect when you compile() again");
+            eprintln!("aviso: los cambios de `trainable` hechos después de compile() no cuentan hasta volver a compilar");
         }
         // Held until the training returns: a second training on this folder is refused.
         let _lock = checkpoints.map(FolderLock::acquire).transpose()?;
@@ -144,7 +144,7 @@ impl Sequential {
             tch::manual_seed(epoch_seed(seed, epoch));
             generator.seek_batch((epoch * steps_per_epoch) as u64);
             println!("Epoch {}/{epochs}", epoch + 1);
-            let mut bar = crate::progress::Progress::new(steps_per_epoch as u64, &format!("epoch {}/{epochs}", epoch + 1), "steps");
+            let mut bar = crate::progress::Progress::new(steps_per_epoch as u64, &format!("época {}/{epochs}", epoch + 1), "pasos");
             let (mut loss_sum, mut acc_sum, mut seen) = (0.0, 0.0, 0.0);
             let mut batch = generator.next_batch()?;
             for step in 0..steps_per_epoch {

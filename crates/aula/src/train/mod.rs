@@ -140,7 +140,7 @@ impl Sequential {
             bail!("fit: {n} samples but {} labels", y.size()[0]);
         }
         if self.trainable_changes_pending() {
-            eprintln!("warning: trainable flags changed after compile(); they take effect when you compile() again");
+            eprintln!("aviso: los cambios de `trainable` hechos después de compile() no cuentan hasta volver a compilar");
         }
         let mut history = History::default();
         let _running = crate::interrupt::Running::start();
