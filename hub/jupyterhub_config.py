@@ -8,6 +8,7 @@ Everything comes from the environment hub/run.sh sets:
                       the next two)
   AULA_HUB_MEM_LIMIT  memory per student (default: from the measured kernel RSS, below)
   AULA_HUB_IDLE       seconds of inactivity before the culler stops a server (default 3600)
+  AULA_HUB_CPU_LIMIT  cores per student (default none: every student the same CPU weight)
   AULA_HUB_AUTH       "firstuse" (default) or "dummy" (tests only: any password)
 """
 import json
@@ -55,9 +56,9 @@ else:
 # --- each student's server --------------------------------------------------------------
 c.JupyterHub.spawner_class = "aula_spawner.AulaSpawner"
 c.AulaSpawner.cmd = [f"{prefix}/src/hub/singleuser.sh"]
-c.AulaSpawner.cgroup_parent = (
-    f"/sys/fs/cgroup/aula-hub-{port}" if os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-    else f"/sys/fs/cgroup/memory/aula-hub-{port}")
+c.AulaSpawner.cgroup_name = f"aula-hub-{port}"
+if os.environ.get("AULA_HUB_CPU_LIMIT"):  # cores per student; by default a fair share only
+    c.Spawner.cpu_limit = float(os.environ["AULA_HUB_CPU_LIMIT"])
 c.Spawner.default_url = "/lab/tree/notebooks"
 c.Spawner.notebook_dir = "~"
 # The first start copies the template (≈ 700 MB) into the student's home.

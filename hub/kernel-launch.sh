@@ -48,4 +48,19 @@ cp "$shared/.cargo/config.toml" "$own/.cargo/config.toml"
 cp "$shared/template.fingerprint" "$own/template.fingerprint"
 flock -u 6
 [ -n "$prepare_only" ] && exit 0
+# A warm kernel of this server (singleuser.sh starts one) that is still starting is further
+# along than a cold start, and a cold start beside it would halve both: wait for it. (It runs
+# at nice 19, which only ranks it among this student's processes: the spawner gives every
+# student the same CPU weight.)
+if [ "${AULA_KERNEL_POOL:-0}" != 0 ]; then
+  key=$("$AULA_HUB_PREFIX/src/kernel/launch.sh" --print-key "$own")
+  for spare in "$own"/pool/s.*; do
+    [ -f "$spare/starting" ] && [ "$(cat "$spare/key" 2> /dev/null)" = "$key" ] || continue
+    for _ in $(seq "${AULA_HUB_SPARE_WAIT:-300}"); do
+      compgen -G "$own/pool/ready/$key.*" > /dev/null && break 2
+      [ -f "$spare/starting" ] || break
+      sleep 1
+    done
+  done
+fi
 exec "$AULA_HUB_PREFIX/src/kernel/launch.sh" "$own" "$2"

@@ -3,6 +3,8 @@
 # when nothing changed.
 #
 #   hub/setup.sh [--classlist FILE]
+#   hub/setup.sh --image     for a single-user container image (hub/docker/Dockerfile): the
+#                            shared install without the proxy and without Unix users
 #
 # Everything the students share is installed once, read-only (root-owned, a+rX), under
 # $AULA_HUB_PREFIX (default /opt/aula-hub), so that no student needs anything in root's home:
@@ -32,10 +34,12 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 prefix=${AULA_HUB_PREFIX:-/opt/aula-hub}
 cache=${AULA_CACHE:-$HOME/.cache/aula}
 classlist=${AULA_HUB_CLASSLIST:-$repo/hub/classlist.txt}
+image=
 while [ $# -gt 0 ]; do
   case "$1" in
     --classlist) classlist=$2; shift 2 ;;
-    *) echo "usage: $0 [--classlist FILE]" >&2; exit 2 ;;
+    --image) image=1; shift ;;
+    *) echo "usage: $0 [--classlist FILE | --image]" >&2; exit 2 ;;
   esac
 done
 
@@ -56,10 +60,12 @@ say() { echo "hub setup: $*"; }
 die() { echo "hub setup: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root: it creates one Unix user per student and installs into $prefix"
-[ -f "$classlist" ] || die "no class list at $classlist (one user name a line; 'admin NAME' for the instructor)"
-command -v node > /dev/null && command -v npm > /dev/null || die "node and npm are needed (configurable-http-proxy)"
-node_major=$(node -p 'process.versions.node.split(".")[0]')
-[ "$node_major" -ge 18 ] || die "node $node_major is too old for configurable-http-proxy $CHP_VERSION (needs ≥ 18)"
+if [ -z "$image" ]; then
+  [ -f "$classlist" ] || die "no class list at $classlist (one user name a line; 'NAME admin' for the instructor)"
+  command -v node > /dev/null && command -v npm > /dev/null || die "node and npm are needed (configurable-http-proxy)"
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$node_major" -ge 18 ] || die "node $node_major is too old for configurable-http-proxy $CHP_VERSION (needs ≥ 18)"
+fi
 
 link_tree() {  # SRC DST: DST gets hard links to SRC's files (new ones only); never deletes
   mkdir -p "$2"
@@ -72,11 +78,17 @@ exec 7> "$prefix/.setup.lock"
 flock 7
 
 # --- 1. Python: JupyterHub, JupyterLab, the authenticator, the culler -------------------
+# Every student's server runs this venv's Python, so the interpreter it links to must be
+# reachable by everyone: the system's, not one under root's home (pyenv).
+python=${AULA_HUB_PYTHON:-/usr/bin/python3}
+runuser -u nobody -- "$python" -c 'import venv, ensurepip' 2> /dev/null || \
+  die "$python cannot be run by other users or lacks venv (apt-get install python3-venv; or set AULA_HUB_PYTHON)"
 venv=$prefix/venv
-want="${PY_PINS[*]}"
+want="${PY_PINS[*]} $(readlink -f "$python")"
 if [ "$(sed -n 1p "$venv/.complete" 2>/dev/null)" != "$want" ]; then
-  say "installing ${PY_PINS[*]} into $venv"
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  say "installing ${PY_PINS[*]} into $venv ($python)"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install --disable-pip-version-check --quiet "${PY_PINS[@]}"
   "$venv/bin/python" -c 'import jupyterhub, jupyterlab, firstuseauthenticator, jupyterhub_idle_culler, websocket, psutil'
   "$venv/bin/python" -m pip freeze --disable-pip-version-check > "$venv/requirements.lock"
@@ -85,7 +97,7 @@ fi
 
 # --- 2. configurable-http-proxy from npm ---------------------------------------------------
 chp=$prefix/node/node_modules/.bin/configurable-http-proxy
-if [ ! -x "$chp" ] || [ "$("$chp" --version 2>/dev/null)" != "$CHP_VERSION" ]; then
+if [ -z "$image" ] && { [ ! -x "$chp" ] || [ "$("$chp" --version 2>/dev/null)" != "$CHP_VERSION" ]; }; then
   say "installing configurable-http-proxy@$CHP_VERSION (npm) into $prefix/node"
   mkdir -p "$prefix/node"
   npm install --prefix "$prefix/node" --no-audit --no-fund --loglevel=error "configurable-http-proxy@$CHP_VERSION"
@@ -178,10 +190,11 @@ shared_home=${shared_home%/template}
 mkdir -p "$prefix/state"
 chmod 700 "$prefix/state"
 chmod -R go-w "$prefix"
+mkdir -p "$prefix/node"
 chmod -R a+rX "$prefix/venv" "$prefix/node" "$prefix/rust" "$prefix/cargo" "$prefix/libtorch" \
   "$prefix/cache" "$prefix/data" "$prefix/src"
 echo "$shared_home" > "$prefix/kernel-home"
 
 # --- 8. the class: one Unix user per student -----------------------------------------------
-"$venv/bin/python" "$repo/hub/classlist.py" "$classlist" --create-users
+[ -n "$image" ] || "$venv/bin/python" "$repo/hub/classlist.py" "$classlist" --create-users
 say "ready: $prefix (kernel home $shared_home); start it with \`make hub\`"

@@ -148,6 +148,8 @@ def main():
         left = hub.kill_leftovers()
         if left:
             failures.append(f"{len(left)} processes left running as the test users")
+    if not failures:
+        hub.remove_state()
     if failures:
         print("hub faults: FAILED\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

@@ -83,11 +83,17 @@ class Hub:
                 self.proc.wait()
         self.proc = None
 
+    def remove_state(self):
+        """The test hub's state folder (database, passwords, log), once it passed."""
+        import shutil
+        shutil.rmtree(self.state, ignore_errors=True)
+
     def leftovers(self):
         """Processes still running as the hub's users (there must be none once it stopped)."""
         import pwd
         uids = {pwd.getpwnam(u).pw_uid for u in self.users + [self.admin]}
-        return [p for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"] and p.info["uids"].real in uids]
+        return [p for p in psutil.process_iter(["uids", "status"])
+                if p.info["uids"] and p.info["uids"].real in uids and p.info["status"] != psutil.STATUS_ZOMBIE]
 
     def kill_leftovers(self):
         procs = self.leftovers()
@@ -114,7 +120,7 @@ class Student:
         """True when the hub accepted the name and password (a redirect away from the form)."""
         r = self.http.get(f"{self.hub.url}/hub/login", timeout=30)
         r.raise_for_status()
-        xsrf = self.http.cookies.get("_xsrf", "")
+        xsrf = [c.value for c in self.http.cookies if c.name == "_xsrf"][-1]
         r = self.http.post(f"{self.hub.url}/hub/login?next=", timeout=60, allow_redirects=False,
                            data={"username": self.name, "password": self.password, "_xsrf": xsrf})
         return r.status_code in (302, 303) and "/hub/login" not in r.headers.get("Location", "/hub/login")
@@ -122,7 +128,9 @@ class Student:
     def get_token(self):
         """An API token for this student, asked for with the login cookie (as JupyterLab's
         token page does)."""
-        xsrf = self.http.cookies.get("_xsrf", "")
+        # JupyterHub ties the XSRF token to the login session: take the one it sets for it.
+        self.http.get(f"{self.hub.url}/hub/token", timeout=30).raise_for_status()
+        xsrf = [c.value for c in self.http.cookies if c.name == "_xsrf"][-1]
         r = self.http.post(f"{self.hub.url}/hub/api/users/{self.name}/tokens", timeout=30,
                            headers={"X-XSRFToken": xsrf, "Referer": f"{self.hub.url}/hub/token"},
                            json={"note": "aula hub test", "expires_in": 7200})
@@ -146,10 +154,11 @@ class Student:
         return bool(s and s.get("ready"))
 
     def start_server(self, timeout=900):
+        """Seconds from the request to a server that answers."""
+        t0 = time.time()
         r = self.api("POST", f"/users/{self.name}/server")
         if r.status_code not in (201, 202, 400):  # 400: already running
             raise RuntimeError(f"{self.name}: start server answered {r.status_code}: {r.text[:300]}")
-        t0 = time.time()
         while time.time() - t0 < timeout:
             if self.server_ready():
                 return time.time() - t0
@@ -207,7 +216,9 @@ class Kernel:
         base = student.hub.url.replace("http://", "ws://")
         self.ws = websocket.create_connection(
             f"{base}/user/{student.name}/api/kernels/{kernel_id}/channels?session_id={self.session}",
-            header=[f"Authorization: token {student.token}"], timeout=30)
+            # The server answers the upgrade once the kernel process has started (a cold
+            # aula kernel: tens of seconds).
+            header=[f"Authorization: token {student.token}"], timeout=900)
         self.ready_s = None
 
     def _send(self, channel, msg_type, content):

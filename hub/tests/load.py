@@ -29,7 +29,11 @@ from hubclient import PREFIX, Hub, RssSampler, Student, class_cells, log
 
 NOTEBOOK = "notebooks/01_extraccion_de_caracteristicas.ipynb"
 FIGURES = re.compile(r"test acc ([0-9.]+), mejor val acc ([0-9.]+)")
-EXPECTED = {"test_acc": 0.891, "best_val_acc": 0.906}  # README: what notebook 01 gives on CPU
+# What notebook 01 gives, by the precision of the frozen base (aula picks bf16 where it
+# measures faster, README "GPU"): fp32, the README's and the figures; bf16 (AMX),
+# what `make run` records on this 2-core Xeon (out/clase/metrics.json).
+EXPECTED = {"fp32": {"test_acc": 0.891, "best_val_acc": 0.906},
+            "bf16": {"test_acc": 0.890, "best_val_acc": 0.908}}
 
 
 def run_student(hub, name, barrier, cells, result):
@@ -120,9 +124,13 @@ def main():
     if len(figures) > 1:
         problems.append(f"students got different figures: {sorted(figures)}")
     for r in ok:
-        for key, want in EXPECTED.items():
+        precision = "bf16" if "bf16" in (r.get("device") or "") else "fp32"
+        r["precision"] = precision
+        if not r.get("features_from_cache"):
+            problems.append(f"{r['student']}: the features were not read from the shared cache")
+        for key, want in EXPECTED[precision].items():
             if abs(r[key] - want) > 0.0005:
-                problems.append(f"{r['student']}: {key} {r[key]} (expected {want})")
+                problems.append(f"{r['student']}: {key} {r[key]} (expected {want} with {precision})")
     if left:
         problems.append(f"{len(left)} processes left running as the test users")
     kernel_rss = max(sampler.peak_kernel.values())
@@ -154,6 +162,8 @@ def main():
             f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (kernel {r['peak_kernel_rss_bytes'] / 2**30:.2f}), "
             f"test acc {r.get('test_acc')}, best val acc {r.get('best_val_acc')}")
     log(f"hub-load: {len(names)} students in {wall:.0f} s → {args.out}")
+    if not problems:
+        hub.remove_state()
     if problems:
         print("hub-load: FAILED\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
