@@ -25,17 +25,20 @@ V2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 
 class AulaSpawner(LocalProcessSpawner):
     cgroup_name = Unicode(
-        "aula-hub", help="Name of the cgroup under which each student's server gets its own (one per hub)."
+        "aula-hub", help="Prefix of the students' cgroups: NAME.USER (one NAME per hub)."
     ).tag(config=True)
     kernel_pool = Integer(
         0, help="Warm kernels kept per student (AULA_KERNEL_POOL; jupyterhub_config.py sizes it)."
     ).tag(config=True)
 
     def _cgroups(self):
-        """The student's cgroup folders: one (v2), or one per controller (v1)."""
+        """The student's cgroup folders: one (v2), or one per controller (v1). At the top of
+        the hierarchy, beside the machine's other processes: in a common parent group, all
+        the students together would weigh as much as one process of the machine."""
+        name = f"{self.cgroup_name}.{self.user.name}"
         if V2:
-            return [f"/sys/fs/cgroup/{self.cgroup_name}/{self.user.name}"]
-        return [f"/sys/fs/cgroup/{c}/{self.cgroup_name}/{self.user.name}" for c in ("memory", "cpu")]
+            return [f"/sys/fs/cgroup/{name}"]
+        return [f"/sys/fs/cgroup/{c}/{name}" for c in ("memory", "cpu")]
 
     def _settings(self):
         """(file, value) for the limits, per cgroup folder."""
@@ -54,7 +57,7 @@ class AulaSpawner(LocalProcessSpawner):
             for path, settings in zip(self._cgroups(), self._settings()):
                 os.makedirs(path, exist_ok=True)
                 if V2:
-                    with open(os.path.join(os.path.dirname(path), "cgroup.subtree_control"), "w") as f:
+                    with open("/sys/fs/cgroup/cgroup.subtree_control", "w") as f:
                         f.write("+memory +cpu")
                 for name, value in settings:
                     if value is not None:

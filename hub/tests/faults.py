@@ -7,7 +7,8 @@
      from inside their aula kernel (a Rust cell);
   3. a student's server killed (SIGKILL) in the middle of a cell: the hub notices, nothing of
      it is left running, the server starts again, the student's edited notebook is intact
-     and a new kernel works;
+     and a new kernel works; a cell that allocates the student's whole memory limit is
+     OOM-killed in their cgroup while their server and the other student's go on;
   4. the hub restarted (SIGTERM, start again on the same state): every user is still there,
      logs in with the same password, and finds their files.
 
@@ -16,13 +17,14 @@
 import argparse
 import os
 import pwd
+import re
 import subprocess
 import sys
 import time
 
 import psutil
 
-from hubclient import PREFIX, Hub, Student, log
+from hubclient import PREFIX, CellError, Hub, Student, log
 
 NOTEBOOK = "notebooks/01_extraccion_de_caracteristicas.ipynb"
 MARK = "// editado por el alumno: no se debe perder"
@@ -118,7 +120,29 @@ def main():
         k = sa.open_notebook(NOTEBOOK)
         _, out = k.run("1 + 1")
         check(out.strip() == "2", f"a new kernel in the restarted server works ({k.ready_s:.1f} s to ready)", failures)
-        k.close()
+
+        # 3b. The memory limit: a cell that fills the student's whole limit is OOM-killed in
+        # their cgroup; their server (and everyone else) goes on.
+        cg = f"/sys/fs/cgroup/memory/aula-hub-{args.port}.{a}"
+        if os.path.exists(f"{cg}/memory.limit_in_bytes"):
+            limit = int(open(f"{cg}/memory.limit_in_bytes").read())
+            try:
+                k.run(f"let v = vec![1u8; {limit}]; v.len()", timeout=300)
+                killed = False
+            except CellError as e:
+                killed = True
+                log(f"      the cell: {str(e).splitlines()[-1][:200]}")
+            oom = int(re.search(r"oom_kill (\d+)", open(f"{cg}/memory.oom_control").read()).group(1))
+            check(killed and oom >= 1, f"a cell allocating {limit / 2**30:.1f} GiB (the limit) is OOM-killed "
+                  f"in {a}'s cgroup ({oom} OOM kills)", failures)
+            check(sa.jupyter("GET", "/status").ok, f"{a}'s server still answers after the OOM kill", failures)
+            check(sb.jupyter("GET", "/status").ok, f"{b}'s server was not touched", failures)
+        else:
+            log("skip  the memory limit test needs cgroup v1's memory controller")
+        try:
+            k.close()
+        except Exception:
+            pass
 
         # 4. The hub restarted on the same state.
         hub.stop()

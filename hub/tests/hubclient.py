@@ -264,9 +264,12 @@ class Kernel:
             if time.time() > deadline:
                 raise CellError(f"{self.student.name}: cell still running after {timeout} s:\n{code[:200]}")
             m = self._recv(deadline)
-            if not m or m["parent_header"].get("msg_id") != msg_id:
+            # (A dead kernel's status has no parent: the server sends it.)
+            if not m or (m["parent_header"].get("msg_id") != msg_id and m["msg_type"] != "status"):
                 continue
             t, c = m["msg_type"], m["content"]
+            if t == "status" and c.get("execution_state") in ("restarting", "dead"):
+                raise CellError(f"{self.student.name}: the kernel died ({c['execution_state']}) running:\n{code[:200]}")
             if t == "execute_reply":
                 reply = c
             elif t == "status" and c.get("execution_state") == "idle":

@@ -97,6 +97,7 @@ def main():
     results = {n: {"student": n} for n in names}
     sampler = RssSampler(names)
     t0 = time.time()
+    load_before = os.getloadavg()
     try:
         hub.start()
         sampler.start()
@@ -142,6 +143,9 @@ def main():
                     "mem_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                     "python": platform.python_version()},
         "wall_s": round(wall, 1),
+        # The machine may be shared: its load before the run (1, 5, 15 min) and at the end.
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "kernel_rss_bytes": kernel_rss,
         "per_student": [results[n] for n in names],
         "same_figures": len(figures) == 1 and len(ok) == len(names),
