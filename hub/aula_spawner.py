@@ -14,6 +14,7 @@ Stopping the server kills everything left in its cgroup (warm kernels of the poo
 child processes), not only the server's process.
 """
 import os
+import resource
 import signal
 import time
 
@@ -77,6 +78,15 @@ class AulaSpawner(LocalProcessSpawner):
             for path in procs:
                 with open(path, "w") as f:
                     f.write(str(os.getpid()))
+            # Warm kernels start at nice 19 and the pool puts a claimed one back to 0, which
+            # an unprivileged user may only do with RLIMIT_NICE ≥ 20 (never below 0). Raising
+            # it needs CAP_SYS_RESOURCE, which some containers lack (this machine): then a
+            # claimed kernel stays at 19, which only ranks it among the student's own
+            # processes (their cgroup).
+            try:
+                resource.setrlimit(resource.RLIMIT_NICE, (20, 20))
+            except (ValueError, OSError):
+                pass
             demote()
 
         return preexec

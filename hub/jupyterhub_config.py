@@ -8,6 +8,7 @@ Everything comes from the environment hub/run.sh sets:
                       the next two)
   AULA_HUB_MEM_LIMIT  memory per student (default: from the measured kernel RSS, below)
   AULA_HUB_IDLE       seconds of inactivity before the culler stops a server (default 3600)
+  AULA_HUB_CULL_EVERY seconds between the culler's checks (default 300)
   AULA_HUB_CPU_LIMIT  cores per student (default none: every student the same CPU weight)
   AULA_HUB_AUTH       "firstuse" (default) or "dummy" (tests only: any password)
 """
@@ -89,7 +90,8 @@ c.Spawner.mem_limit = limit if limit else server_rss + (1 + pool) * kernel_rss +
 # --- the idle culler (jupyterhub-idle-culler, a hub service) ------------------------------
 c.JupyterHub.services = [{
     "name": "idle-culler",
-    "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={idle}"],
+    "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={idle}",
+                f"--cull-every={os.environ.get('AULA_HUB_CULL_EVERY', '300')}"],
 }]
 c.JupyterHub.load_roles = [{
     "name": "idle-culler",

@@ -10,7 +10,8 @@
      and a new kernel works; a cell that allocates the student's whole memory limit is
      OOM-killed in their cgroup while their server and the other student's go on;
   4. the hub restarted (SIGTERM, start again on the same state): every user is still there,
-     logs in with the same password, and finds their files.
+     logs in with the same password, and finds their files;
+  5. the idle culler stops a server left untouched (timeout shortened to 40 s).
 
     hub/tests/faults.py [--port 8200]
 """
@@ -161,6 +162,20 @@ def main():
         sa2.start_server()
         nb3 = sa2.notebook(NOTEBOOK)
         check("".join(nb3["cells"][2]["source"]).startswith(MARK), f"{a}'s files survived the hub's restart", failures)
+        # 5. The idle culler (jupyterhub-idle-culler): with a 40 s timeout, checked every
+        #    10 s, an untouched server is stopped within about a minute.
+        hub.stop()
+        hub.start(AULA_HUB_IDLE="40", AULA_HUB_CULL_EVERY="10")
+        sb2 = Student(hub, b)
+        sb2.login()
+        sb2.get_token()
+        sb2.start_server()
+        t0 = time.time()
+        while time.time() - t0 < 150 and sb2.user().get("servers", {}).get(""):
+            time.sleep(2)
+        culled = not sb2.user().get("servers", {}).get("")
+        check(culled, f"the idle culler stopped {b}'s idle server ({time.time() - t0:.0f} s after it started)", failures)
+
         # Put the notebook back as distributed (the load test compares outputs, not sources,
         # but a clean home is kinder to the next run).
         os.remove(os.path.expanduser(f"~{a}/{NOTEBOOK}"))

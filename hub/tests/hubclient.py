@@ -45,9 +45,9 @@ class Hub:
         self.auth = auth
         self.proc = None
 
-    def start(self, timeout=120):
+    def start(self, timeout=120, **env_extra):
         env = dict(os.environ, AULA_HUB_PREFIX=PREFIX, AULA_HUB_STATE=self.state, AULA_HUB_CLASSLIST=self.classlist,
-                   AULA_HUB_PORT=str(self.port), AULA_HUB_IP="127.0.0.1", AULA_HUB_AUTH=self.auth)
+                   AULA_HUB_PORT=str(self.port), AULA_HUB_IP="127.0.0.1", AULA_HUB_AUTH=self.auth, **env_extra)
         self.log_path = os.path.join(self.state, "hub.log")
         self.proc = subprocess.Popen(
             [f"{PREFIX}/venv/bin/jupyterhub", "-f", f"{PREFIX}/src/hub/jupyterhub_config.py"],
@@ -260,6 +260,15 @@ class Kernel:
                                                          "stop_on_error": True})
         deadline = t0 + timeout
         reply, idle, texts, stderr, errors = None, False, [], [], []
+
+        def handle(t, c):
+            if t == "stream":
+                (stderr if c.get("name") == "stderr" else texts).append(c["text"])
+            elif t in ("execute_result", "display_data"):
+                texts.append(c["data"].get("text/plain", ""))
+            elif t == "error":
+                errors.append(f"{c.get('ename')}: {c.get('evalue')}\n" + "\n".join(c.get("traceback", [])))
+
         while not (reply and idle):
             if time.time() > deadline:
                 raise CellError(f"{self.student.name}: cell still running after {timeout} s:\n{code[:200]}")
@@ -270,20 +279,28 @@ class Kernel:
             t, c = m["msg_type"], m["content"]
             if t == "status" and c.get("execution_state") in ("restarting", "dead"):
                 raise CellError(f"{self.student.name}: the kernel died ({c['execution_state']}) running:\n{code[:200]}")
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
             if t == "execute_reply":
                 reply = c
             elif t == "status" and c.get("execution_state") == "idle":
                 idle = True
-            elif t == "stream":
-                (stderr if c.get("name") == "stderr" else texts).append(c["text"])
-            elif t in ("execute_result", "display_data"):
-                texts.append(c["data"].get("text/plain", ""))
-            elif t == "error":
-                errors.append(f"{c.get('ename')}: {c.get('evalue')}\n" + "\n".join(c.get("traceback", [])))
+            else:
+                handle(t, c)
+        # Outputs still in flight after idle and the reply (evcxr forwards the cell process's
+        # output from another thread; seen once: a cell's result after its idle): 0.5 s more
+        # after the last one, 2 s at most, as aula-runner lingers.
+        done = time.time()
+        cap, until = done + 2, done + 0.5
+        while time.time() < until:
+            m = self._recv(until)
+            if m and m["parent_header"].get("msg_id") == msg_id and m["msg_type"] not in ("status", "execute_reply"):
+                handle(m["msg_type"], m["content"])
+                until = min(cap, time.time() + 0.5)
         err = "".join(stderr)
         if errors or reply.get("status") != "ok" or " panicked at " in err or err.lstrip().startswith("Error:"):
             raise CellError(f"{self.student.name}: cell failed:\n{code[:200]}\n--\n" + "\n".join(errors) + err[-2000:])
-        return time.time() - t0, "".join(texts)
+        return done - t0, "".join(texts)
 
     def close(self):
         try:
