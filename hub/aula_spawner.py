@@ -9,7 +9,8 @@ every kernel and compiler it starts inherits:
     is OOM-killed alone;
   - cpu: every student the same weight, so a student with three kernels does not get three
     times the CPU of one with one, and nice levels (the warm-kernel pool starts spares at
-    nice 19) only matter among a student's own processes; `cpu_limit` (cores) caps it.
+    nice 19) only matter among a student's own processes; `cpu_limit` (cores) caps it;
+  - cpuacct (v1; v2's cpu.stat): the student's CPU time, which `make hub-load` reports.
 Stopping the server kills everything left in its cgroup (warm kernels of the pool, a cell's
 child processes), not only the server's process.
 """
@@ -39,7 +40,7 @@ class AulaSpawner(LocalProcessSpawner):
         name = f"{self.cgroup_name}.{self.user.name}"
         if V2:
             return [f"/sys/fs/cgroup/{name}"]
-        return [f"/sys/fs/cgroup/{c}/{name}" for c in ("memory", "cpu")]
+        return [f"/sys/fs/cgroup/{c}/{name}" for c in ("memory", "cpu", "cpuacct")]
 
     def _settings(self):
         """(file, value) for the limits, per cgroup folder."""
@@ -49,7 +50,8 @@ class AulaSpawner(LocalProcessSpawner):
             return [[("memory.max", mem), ("cpu.weight", "100"),
                      ("cpu.max", f"{quota} 100000" if quota else None)]]
         return [[("memory.limit_in_bytes", mem)],
-                [("cpu.shares", "1024"), ("cpu.cfs_quota_us", str(quota) if quota else None)]]
+                [("cpu.shares", "1024"), ("cpu.cfs_quota_us", str(quota) if quota else None)],
+                []]  # cpuacct: only counts (cpuacct.usage: the student's CPU time, make hub-load)
 
     def _make_cgroups(self):
         """The student's cgroups with their limits; [] (logged) where cgroups are not writable."""

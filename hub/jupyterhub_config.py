@@ -70,10 +70,11 @@ c.JupyterHub.implicit_spawn_seconds = 3  # a browser on a stopped server restart
 # Kernels idle for the culler's time are shut down by the server itself.
 c.Spawner.args = [f"--MappingKernelManager.cull_idle_timeout={idle}", "--MappingKernelManager.cull_interval=300"]
 
-# Memory: a kernel's RSS as `make hub-load` measured it (PREFIX/state/kernel-rss.json),
-# else the figure measured on the development machine (kernel/README.md: ≈ 1.3 GB).
+# Memory: a kernel's peak RSS as `make hub-load` measured it on this install
+# (PREFIX/state/kernel-rss.json, whatever AULA_HUB_STATE is), else 1.5 GiB (kernel/README.md
+# measured ≈ 1.3 GB for a kernel at rest).
 try:
-    kernel_rss = json.load(open(f"{state}/kernel-rss.json"))["kernel_rss_bytes"]
+    kernel_rss = json.load(open(f"{prefix}/state/kernel-rss.json"))["kernel_rss_bytes"]
 except (OSError, ValueError, KeyError):
     kernel_rss = int(1.5 * GiB)
 server_rss = int(0.25 * GiB)  # jupyterhub-singleuser + JupyterLab

@@ -49,8 +49,9 @@ class Hub:
         env = dict(os.environ, AULA_HUB_PREFIX=PREFIX, AULA_HUB_STATE=self.state, AULA_HUB_CLASSLIST=self.classlist,
                    AULA_HUB_PORT=str(self.port), AULA_HUB_IP="127.0.0.1", AULA_HUB_AUTH=self.auth, **env_extra)
         self.log_path = os.path.join(self.state, "hub.log")
+        # Through hub/run.sh (`make hub`), which execs JupyterHub: signals reach the hub itself.
         self.proc = subprocess.Popen(
-            [f"{PREFIX}/venv/bin/jupyterhub", "-f", f"{PREFIX}/src/hub/jupyterhub_config.py"],
+            ["bash", f"{PREFIX}/src/hub/run.sh"],
             cwd=self.state, env=env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
         t0 = time.time()
         while time.time() - t0 < timeout:

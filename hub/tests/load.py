@@ -6,8 +6,8 @@ Each student, in their own thread and at the same time: logs in through the hub'
 API, opens notebook 01 in it (a session, as JupyterLab does) and runs its cells in class mode
 (cells tagged no-ejecutar / skip-execution keep their outputs) through their own kernel over
 the Jupyter server's websocket. Measures, per student: server start, time to a ready kernel,
-the first aula cell (device_info()), the notebook's wall time, the peak RSS of all their
-processes and of their kernel; checks every student got the same figures (test acc, best
+the first aula cell (device_info()), the notebook's wall time, the CPU time of their whole
+session (their cgroup), the peak RSS of all their processes and of their kernel; checks every student got the same figures (test acc, best
 val acc) and the expected ones. Stops every server and the hub, checks nothing is left
 running as the test users, writes OUT (JSON) and the measured kernel RSS to
 PREFIX/state/kernel-rss.json (the hub sizes its warm-kernel pool and memory limit with it).
@@ -34,6 +34,25 @@ FIGURES = re.compile(r"test acc ([0-9.]+), mejor val acc ([0-9.]+)")
 # what `make run` records on this 2-core Xeon (out/clase/metrics.json).
 EXPECTED = {"fp32": {"test_acc": 0.891, "best_val_acc": 0.906},
             "bf16": {"test_acc": 0.890, "best_val_acc": 0.908}}
+
+
+def cpu_seconds(port, name):
+    """The CPU time of everything the student's server ran so far (its cgroup, see
+    hub/aula_spawner.py): the server, the template copy, their kernels and spares, the cells."""
+    try:
+        with open(f"/sys/fs/cgroup/cpuacct/aula-hub-{port}.{name}/cpuacct.usage") as f:
+            return round(int(f.read()) / 1e9, 1)
+    except OSError:
+        try:
+            with open(f"/sys/fs/cgroup/aula-hub-{port}.{name}/cpu.stat") as f:
+                return round(int(f.read().split("usage_usec")[1].split()[0]) / 1e6, 1)
+        except (OSError, IndexError, ValueError):
+            return None
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2 if xs else None
 
 
 def run_student(hub, name, barrier, cells, result):
@@ -70,6 +89,7 @@ def run_student(hub, name, barrier, cells, result):
         metrics = json.load(open(os.path.expanduser(f"~{name}/notebooks/out/metrics.json")))["feature_extraction"]
         r["features_from_cache"] = metrics.get("features_from_cache")
         r["device"] = metrics.get("device")
+        r["cpu_s"] = cpu_seconds(hub.port, name)
         s.stop_server()
         r["ok"] = True
     except Exception as e:  # reported per student; the run fails
@@ -147,6 +167,9 @@ def main():
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "kernel_rss_bytes": kernel_rss,
+        "median": {k: median([results[n].get(k) for n in names]) for k in
+                   ("server_start_s", "kernel_ready_s", "first_aula_cell_s", "notebook_wall_s", "cpu_s",
+                    "peak_rss_bytes", "peak_kernel_rss_bytes")},
         "per_student": [results[n] for n in names],
         "same_figures": len(figures) == 1 and len(ok) == len(names),
         "problems": problems,
@@ -163,7 +186,7 @@ def main():
         r = results[n]
         log(f"{n}: ok={r.get('ok')} server {r.get('server_start_s')} s, kernel ready {r.get('kernel_ready_s')} s, "
             f"first aula cell {r.get('first_aula_cell_s')} s, notebook {r.get('notebook_wall_s')} s, "
-            f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (kernel {r['peak_kernel_rss_bytes'] / 2**30:.2f}), "
+            f"CPU {r.get('cpu_s')} s, peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (kernel {r['peak_kernel_rss_bytes'] / 2**30:.2f}), "
             f"test acc {r.get('test_acc')}, best val acc {r.get('best_val_acc')}")
     log(f"hub-load: {len(names)} students in {wall:.0f} s → {args.out}")
     if not problems:
