@@ -155,5 +155,6 @@ hub-load: hub-setup
 	cd hub/tests && AULA_HUB_PREFIX=$(HUB_PREFIX) $(HUB_PY) load.py --students $(STUDENTS) --out $(abspath $(OUT))/hub-load.json
 
 test-hub: hub-setup
+	$(HUB_PY) hub/tests/test_distribute.py
 	cd hub/tests && AULA_HUB_PREFIX=$(HUB_PREFIX) $(HUB_PY) faults.py
 	cd hub/tests && AULA_HUB_PREFIX=$(HUB_PREFIX) $(HUB_PY) load.py --students 2 --out $(abspath $(OUT))/test-hub/hub-load.json
