@@ -17,7 +17,7 @@ EFFNET_WEIGHTS := $(AULA_CACHE)/weights/efficientnet_lite0_imagenet.safetensors
 MOBILENET_V2_WEIGHTS := $(AULA_CACHE)/weights/mobilenet_v2_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
-.PHONY: check-records browser-deps test-browser run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
+.PHONY: hub hub-setup hub-load hub-distribute test-hub check-records browser-deps test-browser run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
 
 help:
 	@echo "make run     set everything up, then run the notebooks in class mode into out/"
@@ -28,6 +28,9 @@ help:
 	@echo "             resumable) and store their outputs and assets/rendered/"
 	@echo "make bench   aula vs PyTorch eager and PIL, same script (out/bench.json)"
 	@echo "make bench-kernel  kernel start-up and first-cell times (out/bench-kernel.json)"
+	@echo "make hub    (root) JupyterHub for a class: hub-setup, then the hub on :8000 (hub/README.md)"
+	@echo "make hub-load      (root) STUDENTS=4 simulated students run notebook 01 at once (out/hub-load.json)"
+	@echo "make test-hub      (root) the hub's isolation and fault tests, and a 2-student load test"
 	@echo "make gpu-check     on a CUDA machine with torch 2.11.0 in Python: notebooks 02-03's"
 	@echo "             trainings built against that torch (out/gpu-check/metrics.json)"
 
@@ -134,3 +137,28 @@ clean:
 check-records:
 	$(PYTHON) scripts/check-records.py
 	$(PYTHON) scripts/check-spanish.py --recorded notebooks/*.ipynb
+
+# --- A class on one server: JupyterHub (hub/README.md). As root: it creates Unix users. ---
+HUB_PREFIX ?= /opt/aula-hub
+HUB_PY := $(HUB_PREFIX)/venv/bin/python
+STUDENTS ?= 4
+
+# The shared read-only install in $(HUB_PREFIX), the kernel template built for it, the users
+# of hub/classlist.txt (HUB_CLASSLIST=FILE for another).
+hub-setup: setup
+	AULA_HUB_PREFIX=$(HUB_PREFIX) bash hub/setup.sh $(if $(HUB_CLASSLIST),--classlist $(HUB_CLASSLIST))
+
+hub: hub-setup
+	AULA_HUB_PREFIX=$(HUB_PREFIX) $(if $(HUB_CLASSLIST),AULA_HUB_CLASSLIST=$(abspath $(HUB_CLASSLIST))) bash hub/run.sh
+
+# The instructor's notebooks (this checkout's notebooks/) to every student now, edits kept.
+hub-distribute: hub-setup
+	AULA_HUB_PREFIX=$(HUB_PREFIX) bash hub/distribute-all.sh
+
+hub-load: hub-setup
+	cd hub/tests && AULA_HUB_PREFIX=$(HUB_PREFIX) $(HUB_PY) load.py --students $(STUDENTS) --out $(abspath $(OUT))/hub-load.json
+
+test-hub: hub-setup
+	$(HUB_PY) hub/tests/test_distribute.py
+	cd hub/tests && AULA_HUB_PREFIX=$(HUB_PREFIX) $(HUB_PY) faults.py
+	cd hub/tests && AULA_HUB_PREFIX=$(HUB_PREFIX) $(HUB_PY) load.py --students 2 --out $(abspath $(OUT))/test-hub/hub-load.json
