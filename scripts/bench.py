@@ -19,7 +19,7 @@ What it measures, all with the same number of threads (default 2):
    ``--force-bf16``). The fastest of them is ``pytorch_best_extract_img_s``. Also the peak of 2048x2048 matrix products in fp32
    and bf16 (GFLOP/s).
 3. Training steps of 20 augmented images, aula's (``da_step_s``, ``ft_step_s``) against
-   PyTorch eager's (``da_step_seconds``): the data-augmentation step (base frozen, head
+   PyTorch eager's (``train_step_seconds``): the data-augmentation step (base frozen, head
    trains) and the fine-tuning step (blocks 1-4 frozen, block 5 and head train), PyTorch in
    fp32 and, where bf16 is native, with its frozen layers in bf16 autocast; the faster of
    the two is the reference (``da_epoch_ratio_vs_pytorch``, ``ft_epoch_ratio_vs_pytorch``).
@@ -240,7 +240,7 @@ class TorchBench:
 BLOCK5 = 24
 
 
-def da_step_seconds(torch, paths: list[str], steps: int, size: int, trainable_from: int | None = None,
+def train_step_seconds(torch, paths: list[str], steps: int, size: int, trainable_from: int | None = None,
                     bf16: bool = False) -> float:
     """Seconds per training step in PyTorch eager, as aula trains it: 20 training images
     decoded and resized with PIL (nearest) in a first pass and kept in memory, as aula keeps
@@ -483,9 +483,9 @@ def main(argv=None) -> int:
         for precision in ["fp32"] + (["bf16"] if tb.bf16 else []):
             bf16 = precision == "bf16"
             steps.append((f"pytorch DA step {precision}", lambda bf16=bf16, precision=precision: add(
-                f"pytorch_{precision}_da_step_s", da_step_seconds(torch, paths, args.da_steps, args.size, None, bf16))))
+                f"pytorch_{precision}_da_step_s", train_step_seconds(torch, paths, args.da_steps, args.size, None, bf16))))
             steps.append((f"pytorch FT step {precision}", lambda bf16=bf16, precision=precision: add(
-                f"pytorch_{precision}_ft_step_s", da_step_seconds(torch, paths, args.da_steps, args.size, BLOCK5, bf16))))
+                f"pytorch_{precision}_ft_step_s", train_step_seconds(torch, paths, args.da_steps, args.size, BLOCK5, bf16))))
     steps += [
         ("PIL", lambda: add("pil_decode_img_s", pil_decode(paths))),
         ("PIL parallel", lambda: add("pil_decode_parallel_img_s", pil_decode_parallel(paths, args.threads))),

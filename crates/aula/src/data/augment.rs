@@ -357,9 +357,9 @@ mod tests {
     use super::*;
     use tch::Kind;
 
-    #[test]
-    fn the_slide_arguments_read_as_a_spanish_table() {
-        let slide = Augmentation {
+    /// The slides' arguments (rotation 40, shifts 0.2, shear 0.2, zoom 0.2, flip, 'nearest').
+    fn slides() -> Augmentation {
+        Augmentation {
             rotation_range: 40.0,
             width_shift_range: 0.2,
             height_shift_range: 0.2,
@@ -367,7 +367,12 @@ mod tests {
             zoom_range: 0.2,
             horizontal_flip: true,
             fill_mode: FillMode::Nearest,
-        };
+        }
+    }
+
+    #[test]
+    fn the_slide_arguments_read_as_a_spanish_table() {
+        let slide = slides();
         let text = slide.table().to_string();
         for expected in ["gira hasta ±40°", "hasta un 20 % del ancho", "zoom entre 0,80 y 1,20", "'nearest'"] {
             assert!(text.contains(expected), "{expected:?} not in\n{text}");
@@ -500,15 +505,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_batch_and_ranges_respected() {
-        let aug = Augmentation {
-            rotation_range: 40.0,
-            width_shift_range: 0.2,
-            height_shift_range: 0.2,
-            shear_range: 0.2,
-            zoom_range: 0.2,
-            horizontal_flip: true,
-            fill_mode: FillMode::Nearest,
-        };
+        let aug = slides();
         let x = vec![ramp(8, 8); 4];
         let pre = Preprocessing::Rescale(1.0);
         assert!(aug.apply(&x, 7, &pre).equal(&aug.apply(&x, 7, &pre)));
