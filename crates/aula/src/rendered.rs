@@ -288,10 +288,12 @@ pub fn restore_history(step: &str) -> Result<Rendered> {
     Ok(Rendered { history, provenance })
 }
 
-/// Whether tracked files differ from the commit (null outside git).
+/// Whether tracked files differ from the commit (null outside git), the recorded
+/// results themselves left out: `save` has just written this step's files, and a
+/// record replacing an older one would otherwise always say "uncommitted changes".
 fn git_dirty(dir: &Path) -> Value {
     std::process::Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
+        .args(["status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)assets/rendered"])
         .current_dir(dir)
         .output()
         .ok()
@@ -326,6 +328,31 @@ mod tests {
         let none = guard_message("fine_tuning", "x", None);
         assert!(none.contains("Aún no hay ejecución grabada en assets/rendered/fine_tuning/"), "{none}");
         assert_eq!((duration_es(59.0), duration_es(3600.0), duration_es(5400.0)), ("1 min".into(), "1 h".into(), "1 h 30 min".into()));
+    }
+
+    #[test]
+    fn uncommitted_changes_leave_the_records_out() {
+        let repo = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"])
+                .args(args)
+                .current_dir(repo.path())
+                .output()
+                .unwrap();
+            assert!(ok.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
+        };
+        let step = repo.path().join("assets/rendered/fine_tuning");
+        std::fs::create_dir_all(&step).unwrap();
+        std::fs::write(step.join("history.json"), "{}").unwrap();
+        std::fs::write(repo.path().join("lib.rs"), "// code").unwrap();
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-qm", "x"]);
+        std::fs::write(step.join("history.json"), "{\"acc\": []}").unwrap();
+        assert_eq!(git_dirty(&step), Value::Bool(false), "a rewritten record is not a code change");
+        std::fs::write(repo.path().join("lib.rs"), "// changed").unwrap();
+        assert_eq!(git_dirty(&step), Value::Bool(true));
     }
 
     #[test]
