@@ -86,7 +86,10 @@ fn seconds(name: &str, secs: f64) -> Result<Duration, String> {
 fn exit_cleanly_on_signals() {
     use tokio::signal::unix::{signal, SignalKind};
     std::thread::spawn(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a signal runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a signal runtime");
         rt.block_on(async {
             let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
                 signal(SignalKind::interrupt()),
@@ -140,7 +143,9 @@ fn main() -> ExitCode {
         std::env::set_var("AULA_RENDER", "1");
     }
     if args.store && mode != Mode::Clase {
-        return usage("--store is for `clase` (instructor mode always stores; check mode never does)");
+        return usage(
+            "--store is for `clase` (instructor mode always stores; check mode never does)",
+        );
     }
     let opts = Options {
         store: args.store,

@@ -84,7 +84,10 @@ fn the_kernel_gets_aula_out_the_run_s_out_folder_unless_set() {
     };
     let r = f.run(&["clase", "metrics.ipynb", "--no-html"]);
     assert_eq!(printed(&r), format!("{}\n", f.out().display()));
-    let r = f.run_env(&["clase", "metrics.ipynb", "--no-html"], &[("AULA_OUT", "/elsewhere")]);
+    let r = f.run_env(
+        &["clase", "metrics.ipynb", "--no-html"],
+        &[("AULA_OUT", "/elsewhere")],
+    );
     assert_eq!(printed(&r), "/elsewhere\n");
 }
 
@@ -245,7 +248,10 @@ fn a_runner_stopped_by_a_signal_leaves_no_kernel_and_no_connection_file() {
         std::fs::create_dir_all(&tmp).unwrap();
         let tmp_str = tmp.to_str().unwrap();
         let runner = f
-            .command(&["clase", "slow.ipynb", "--no-html"], &[("TMPDIR", tmp_str)])
+            .command(
+                &["clase", "slow.ipynb", "--no-html"],
+                &[("TMPDIR", tmp_str)],
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -256,7 +262,11 @@ fn a_runner_stopped_by_a_signal_leaves_no_kernel_and_no_connection_file() {
             assert!(t0.elapsed().as_secs() < 120, "the cell never started");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let kernel_pid: i32 = std::fs::read_to_string(&started).unwrap().trim().parse().unwrap();
+        let kernel_pid: i32 = std::fs::read_to_string(&started)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let runtime_dirs = || {
             std::fs::read_dir(&tmp)
                 .unwrap()
@@ -264,19 +274,36 @@ fn a_runner_stopped_by_a_signal_leaves_no_kernel_and_no_connection_file() {
                 .filter(|e| e.file_name().to_string_lossy().starts_with("aula-kernel-"))
                 .count()
         };
-        assert_eq!(runtime_dirs(), 1, "the kernel's runtime folder is in TMPDIR");
+        assert_eq!(
+            runtime_dirs(),
+            1,
+            "the kernel's runtime folder is in TMPDIR"
+        );
         // SAFETY: kill(2) on the child this test started.
         unsafe { libc::kill(runner.id() as i32, signal) };
         let out = runner.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(128 + signal), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(runtime_dirs(), 0, "connection file left behind after signal {signal}");
+        assert_eq!(
+            out.status.code(),
+            Some(128 + signal),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            runtime_dirs(),
+            0,
+            "connection file left behind after signal {signal}"
+        );
         let t0 = Instant::now();
         while std::path::Path::new(&format!("/proc/{kernel_pid}")).exists() {
-            let state = std::fs::read_to_string(format!("/proc/{kernel_pid}/stat")).unwrap_or_default();
+            let state =
+                std::fs::read_to_string(format!("/proc/{kernel_pid}/stat")).unwrap_or_default();
             if state.contains(") Z") {
                 break; // dead, waiting to be reaped
             }
-            assert!(t0.elapsed().as_secs() < 10, "the kernel outlived the runner");
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "the kernel outlived the runner"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
@@ -387,7 +414,11 @@ fn clase_store_refreshes_the_run_cells_and_keeps_the_recorded_ones() {
         "edited.ipynb",
         &notebook(vec![
             code("print('fresh')"),
-            tagged("print('would train')", "no-ejecutar", json!([{"output_type": "stream", "name": "stdout", "text": "recorded\n"}])),
+            tagged(
+                "print('would train')",
+                "no-ejecutar",
+                json!([{"output_type": "stream", "name": "stdout", "text": "recorded\n"}]),
+            ),
         ]),
     );
     let r = f.run(&["clase", "edited.ipynb", "--no-html", "--store"]);
@@ -633,4 +664,37 @@ fn a_rust_panic_reported_on_stderr_fails_the_cell() {
     // The same output from a Python kernel is just text on stderr.
     let r = f.run(&["clase", "p.ipynb", "--no-html"]);
     assert_eq!(r.code, Some(0), "{r}");
+}
+
+#[test]
+fn a_kernel_that_lost_its_port_is_started_again_on_fresh_ports() {
+    // Ports are chosen free, then released for the kernel to bind; in between another
+    // process's outgoing connection may take one (seen in CI with tests running in
+    // parallel). This kernel fails that way on its first start only.
+    let f = Fixture::new();
+    let marker = f.path().join("first-start-done");
+    let script = format!(
+        "import pathlib, runpy, sys\n\
+         marker = pathlib.Path({marker:?})\n\
+         if not marker.exists():\n\
+         \x20   marker.write_text('1')\n\
+         \x20   print(\"zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:1')\", file=sys.stderr)\n\
+         \x20   sys.exit(1)\n\
+         sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]\n\
+         runpy.run_module('ipykernel_launcher', run_name='__main__')\n",
+        marker = marker.display().to_string()
+    );
+    f.kernelspec(
+        "unlucky",
+        json!({"argv": [venv_python(), "-c", script, "{connection_file}"],
+               "display_name": "Unlucky", "language": "python"}),
+    );
+    f.notebook("u.ipynb", &notebook(vec![code("print('ran')")]));
+    let r = f.run(&["clase", "u.ipynb", "--no-html", "--kernel", "unlucky"]);
+    assert!(marker.exists(), "the first start-up failed as planned: {r}");
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(
+        r.stdout.contains("u: 1 cells run, 0 skipped, 0 failed"),
+        "{r}"
+    );
 }

@@ -131,6 +131,15 @@ pub struct Kernel {
     pub warnings: Vec<String>,
 }
 
+/// Start-ups tried when the kernel could not bind a port it was given.
+const START_ATTEMPTS: u32 = 3;
+
+/// The kernel's log says a port it was given was taken (EADDRINUSE, as Python's zmq and
+/// Rust's std both word it).
+fn lost_a_port_race(log: &str) -> bool {
+    log.contains("Address already in use")
+}
+
 impl Kernel {
     /// Starts the kernel described by `spec` in the working directory `cwd`.
     ///
@@ -142,12 +151,35 @@ impl Kernel {
         cwd: &Path,
         startup_timeout: Duration,
     ) -> Result<Kernel, KernelError> {
+        let deadline = tokio::time::Instant::now() + startup_timeout;
+        let mut attempt = 1;
+        loop {
+            match Kernel::start_once(spec, cwd, startup_timeout, deadline).await {
+                // The ports are free when chosen but released before the kernel binds them
+                // (it must bind them itself); in that gap another process's outgoing
+                // connection can take one as its ephemeral port. jupyter_client has the same
+                // window; a fresh set of ports is the cure.
+                Err(KernelError::ExitedAtStart { log, .. })
+                    if attempt < START_ATTEMPTS && lost_a_port_race(&log) =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(
+        spec: &KernelSpec,
+        cwd: &Path,
+        startup_timeout: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<Kernel, KernelError> {
         let name = spec.name.clone();
         let setup = |message: String| KernelError::Setup {
             name: name.clone(),
             message,
         };
-        let deadline = tokio::time::Instant::now() + startup_timeout;
 
         let dir = tempfile::Builder::new()
             .prefix("aula-kernel-")
