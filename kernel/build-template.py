@@ -33,7 +33,7 @@ def main() -> int:
     k = Kernel(argv=[launch, "--in-place", args.dir, args.home, "{connection_file}"])
     t0 = time.perf_counter()
     print(f"template: evcxr compiles aula and its dependencies in {args.dir} "
-          f"(≈ 15 min on 2 cores the first time, less when only aula changed)", flush=True)
+          f"(4–15 min on 2 cores the first time, about 1 min when only aula changed)", flush=True)
     try:
         k.start(timeout=args.timeout)
         print(f"template: kernel ready after {k.ready_s:.1f} s", flush=True)

@@ -2,7 +2,7 @@
 # Install the Jupyter kernel "Rust · aula" (`make kernel`). Idempotent and quick when
 # nothing changed.
 #
-#  1. evcxr_jupyter 0.22.0 (`cargo install --locked`, ≈ 15 min on 2 cores, once);
+#  1. evcxr_jupyter 0.22.0 (`cargo install --locked`, 6–15 min on 2 cores, once);
 #  2. ${AULA_CACHE:-~/.cache/aula}/kernel/: config/ (EVCXR_CONFIG_DIR: init.evcxr with the
 #     `:dep aula = { path = ... }` line, prelude.rs), kernel.env, and template/: an evcxr
 #     build directory in which evcxr itself has compiled aula and all its dependencies.
@@ -12,9 +12,10 @@
 #  3. the kernelspec `aula` ("Rust · aula") in the user's Jupyter data dir
 #     ($JUPYTER_DATA_DIR or ~/.local/share/jupyter), whose argv is kernel/launch.sh.
 #
-#   kernel/install.sh [--python PY] [--force]
+#   kernel/install.sh [--python PY] [--force] [--evcxr-only]
 #     PY: a Python with jupyter_client (default: the venv of scripts/setup-jupyter-venv.sh)
 #     --force: rebuild the template from scratch
+#     --evcxr-only: step 1 and stop (`make setup` compiles it beside the workspace build)
 set -euo pipefail
 
 EVCXR_VERSION=0.22.0
@@ -25,11 +26,13 @@ cache=${AULA_CACHE:-$HOME/.cache/aula}
 home=$cache/kernel/$(basename "$repo")-$(printf '%s' "$repo" | sha256sum | cut -c1-8)
 python=
 force=
+evcxr_only=
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) python=$2; shift 2 ;;
     --force) force=1; shift ;;
-    *) echo "usage: $0 [--python PY] [--force]" >&2; exit 2 ;;
+    --evcxr-only) evcxr_only=1; shift ;;
+    *) echo "usage: $0 [--python PY] [--force] [--evcxr-only]" >&2; exit 2 ;;
   esac
 done
 
@@ -39,9 +42,10 @@ say() { echo "kernel: $*"; }
 cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
 evcxr=$cargo_bin/evcxr_jupyter
 if ! { [ -x "$evcxr" ] && cargo install --list 2>/dev/null | grep -qx "evcxr_jupyter v$EVCXR_VERSION:"; }; then
-  say "installing evcxr_jupyter $EVCXR_VERSION (cargo install --locked; ≈ 15 min on 2 cores, once)"
+  say "installing evcxr_jupyter $EVCXR_VERSION (cargo install --locked; 6–15 min on 2 cores, once)"
   cargo install --locked "evcxr_jupyter@$EVCXR_VERSION"
 fi
+[ -n "$evcxr_only" ] && exit 0
 cargo_dir=$(dirname "$(command -v cargo)")
 # evcxr links each cell with -Cprefer-dynamic against the toolchain's libstd-*.so, and the
 # RUNPATH rustc writes is relative to target/…/deps while evcxr loads the library from one
@@ -97,6 +101,9 @@ cat > "$home/.cargo/config.toml" <<'EOF'
 # Written by kernel/install.sh.
 [profile.dev.package.ctx]
 opt-level = 0
+# tch's C++ shims: as in the workspace's Cargo.toml (their compile is on the critical path).
+[profile.dev.package.torch-sys]
+opt-level = 0
 EOF
 
 # --- 4. the template -------------------------------------------------------------------
@@ -145,7 +152,7 @@ else
     # anon.*.llvm.*); deleting them fixed it. aula alone then compiles afresh (≈ 1 min).
     rm -rf "$new"/target/debug/incremental/aula-* "$new"/target/*/debug/incremental/aula-*
   else
-    say "building the template from scratch (≈ 15 min on 2 cores, once)"
+    say "building the template from scratch (4–15 min on 2 cores, once)"
   fi
   # Start from the workspace's lock file: the kernel gets the dependency versions the
   # tests ran with (cargo drops what aula does not use), and needs no network.
