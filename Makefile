@@ -17,7 +17,7 @@ EFFNET_WEIGHTS := $(AULA_CACHE)/weights/efficientnet_lite0_imagenet.safetensors
 MOBILENET_V2_WEIGHTS := $(AULA_CACHE)/weights/mobilenet_v2_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
-.PHONY: setup-steps evcxr hub hub-setup hub-load hub-distribute test-hub check-records browser-deps test-browser run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
+.PHONY: setup-steps evcxr template hub hub-setup hub-load hub-distribute test-hub check-records browser-deps test-browser run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
 
 help:
 	@echo "make run     set everything up, then run the notebooks in class mode into out/"
@@ -49,11 +49,12 @@ render: setup kernel
 	AULA_RENDER_COMMAND="make render NOTEBOOKS=$(NOTEBOOKS)" AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT)) $(RUNNER) instructor $(NOTEBOOKS) --out $(OUT) --timeout 86400 --startup-timeout 900
 
 # The steps run three at a time where they do not depend on each other: evcxr_jupyter
-# compiles beside the workspace build, the Jupyter venv installs meanwhile. The compilers
-# share make's job slots (`+`), so 2 cores are never asked for more than 3 jobs.
+# compiles beside the workspace build, the Jupyter venv installs meanwhile, and the kernel
+# template starts as soon as evcxr is in, while the workspace's last crates compile. The
+# workspace's compilers share make's job slots (`+`), so 2 cores are not asked for many more.
 setup:
 	@$(MAKE) --no-print-directory -j3 -Oline setup-steps
-setup-steps: system-deps libtorch build weights python-tools evcxr
+setup-steps: system-deps libtorch build weights python-tools evcxr template
 
 # HDF5 reads Keras's .h5 weights files (the slide's ~/.keras/models path).
 system-deps:
@@ -91,9 +92,12 @@ python-tools: $(JUPYTER_VENV)/.complete
 $(JUPYTER_VENV)/.complete: scripts/setup-jupyter-venv.sh
 	bash scripts/setup-jupyter-venv.sh
 
-# evcxr_jupyter + a prebuilt template with aula compiled + the "Rust · aula" kernelspec.
+# evcxr_jupyter + a prebuilt template with aula compiled + the "Rust · aula" kernelspec
+# (kernel/install.sh; quick when nothing changed). It needs evcxr, libtorch and the venv,
+# not the workspace build. Its cargo runs under evcxr, which cannot share make's job slots.
+template: evcxr libtorch python-tools
+	env -u MAKEFLAGS -u MFLAGS bash kernel/install.sh
 kernel: setup
-	bash kernel/install.sh
 
 lab: kernel
 	$(JUPYTER_VENV)/bin/jupyter lab notebooks
