@@ -24,7 +24,7 @@
 #
 # The kernel template is built for these paths: cargo fingerprints the absolute paths of the
 # crates' sources (CARGO_HOME), libtorch and aula, so a template built under ~/.cache would
-# recompile everything in every student's first kernel. The first build takes ≈ 15 min on 2
+# recompile everything in every student's first kernel. The first build takes 4–15 min on 2
 # cores; later ones only recompile what changed.
 #
 # Then the class: one Unix user per name in the class list (home 0700), see hub/README.md.
@@ -117,13 +117,13 @@ if [ ! -x "$prefix/rust/bin/rustc" ] || [ "$("$prefix/rust/bin/rustc" -vV)" != "
 fi
 host_cargo_home=${CARGO_HOME:-$HOME/.cargo}
 mkdir -p "$prefix/cargo/bin"
-# evcxr_jupyter: root's (from `make kernel`), else built here (≈ 15 min on 2 cores, once).
+# evcxr_jupyter: root's (from `make kernel`), else built here (6–15 min on 2 cores, once).
 if [ -x "$host_cargo_home/bin/evcxr_jupyter" ]; then
   cmp -s "$host_cargo_home/bin/evcxr_jupyter" "$prefix/cargo/bin/evcxr_jupyter" || \
     cp -p "$host_cargo_home/bin/evcxr_jupyter" "$prefix/cargo/bin/evcxr_jupyter"
   cp -p "$host_cargo_home/.crates.toml" "$host_cargo_home/.crates2.json" "$prefix/cargo/"
 elif [ ! -x "$prefix/cargo/bin/evcxr_jupyter" ]; then
-  say "building evcxr_jupyter 0.22.0 into $prefix/cargo (≈ 15 min on 2 cores, once)"
+  say "building evcxr_jupyter 0.22.0 into $prefix/cargo (6–15 min on 2 cores, once)"
   cargo install --locked --root "$prefix/cargo" evcxr_jupyter@0.22.0
 fi
 # The registry (index, .crate files, unpacked sources): hard links for what is new.
@@ -166,7 +166,7 @@ hub_env=(env -u RUSTUP_TOOLCHAIN -u RUSTUP_HOME -u CARGO_TARGET_DIR
   PATH="$prefix/rust/bin:$prefix/cargo/bin:/usr/local/bin:/usr/bin:/bin"
   CARGO_HOME="$prefix/cargo" AULA_CACHE="$prefix/cache"
   JUPYTER_DATA_DIR="$venv/share/jupyter")
-say "kernel template for $prefix (kernel/install.sh; ≈ 15 min the first time)"
+say "kernel template for $prefix (kernel/install.sh; 4–15 min the first time)"
 nice -n 10 "${hub_env[@]}" bash "$prefix/src/kernel/install.sh" --python "$venv/bin/python"
 # The kernelspec: the per-student launcher in front of kernel/launch.sh (hub/kernel-launch.sh).
 "$venv/bin/python" - "$venv/share/jupyter/kernels/aula/kernel.json" "$prefix" <<'EOF'

@@ -45,8 +45,10 @@ accs = [(r["best_val_acc"], r["test_acc"]) for r in runs]
 # (Same seed and thread count: equal up to a couple of images, whatever the scheduling.)
 assert all(abs(a[0] - accs[0][0]) <= 0.005 and abs(a[1] - accs[0][1]) <= 0.005 for a in accs), f"the four runs differ: {accs}"
 assert all(r["features_from_cache"] for r in runs), "features were not read from the cache"
-assert accs[0][0] > 0.85, accs
-print(f"  4 kernels: all passed, best val acc {accs[0][0]:.3f}, test acc {accs[0][1]:.3f} in each")
+# Whatever precision the calibration chose (bf16 where it measured faster), the lesson's
+# answer is the slides' and fp32's: best val acc 0.906, within half a point.
+assert abs(accs[0][0] - 0.906) <= 0.005 + 1e-6, f"best val acc {accs[0][0]:.3f} is not 0.906 ± 0.005 ({runs[0]['device']})"
+print(f"  4 kernels: all passed, best val acc {accs[0][0]:.3f}, test acc {accs[0][1]:.3f} in each ({runs[0]['device']})")
 EOF
 echo "  wall $(( $(date +%s) - t0 )) s for the 4 runs"
 
