@@ -414,6 +414,10 @@ def print_table(r: dict) -> None:
          r.get("da_epoch_s"), r.get("pytorch_da_epoch_s"), r.get("da_epoch_ratio_vs_pytorch")),
         (f"fine-tuning epoch (block 5 + head), s (PyTorch {r.get('pytorch_ft_precision')})",
          r.get("ft_epoch_s"), r.get("pytorch_ft_epoch_s"), r.get("ft_epoch_ratio_vs_pytorch")),
+        (f"frozen DA step, s, both in aula's precision ({r.get('precision')})",
+         r.get("da_step_s"), r.get(f"pytorch_{r.get('precision')}_da_step_s"), r.get("da_epoch_ratio_vs_pytorch_same_precision")),
+        (f"fine-tuning step, s, both in aula's precision ({r.get('precision')})",
+         r.get("ft_step_s"), r.get(f"pytorch_{r.get('precision')}_ft_step_s"), r.get("ft_epoch_ratio_vs_pytorch_same_precision")),
         ("the same epoch: aula VGG16 vs aula EfficientNet-Lite0, s (speed-up)",
          r.get("da_epoch_s"), r.get("effnet_lite0_da_epoch_s"), r.get("effnet_lite0_da_speedup_vs_vgg16")),
     ]
@@ -533,6 +537,10 @@ def main(argv=None) -> int:
         # The fine-tuning step (block 5 + head train), aula / PyTorch's faster precision.
         "pytorch_ft_epoch_s": r["pytorch_ft_step_s"] * 100 if "pytorch_ft_step_s" in r else None,
         "ft_epoch_ratio_vs_pytorch": ratio(r.get("ft_step_s"), r.get("pytorch_ft_step_s")),
+        # The same two steps against PyTorch in aula's own precision: with AULA_PRECISION=fp32
+        # on a CPU where bf16 pays, this times the fp32 path most CPUs take, in one script.
+        "da_epoch_ratio_vs_pytorch_same_precision": ratio(r.get("da_step_s"), r.get(f"pytorch_{r.get('precision')}_da_step_s")),
+        "ft_epoch_ratio_vs_pytorch_same_precision": ratio(r.get("ft_step_s"), r.get(f"pytorch_{r.get('precision')}_ft_step_s")),
         # The same frozen DA step with EfficientNet-Lite0's base instead of VGG16's (target >= 10).
         "effnet_lite0_da_epoch_s": r["effnet_lite0_da_step_s"] * 100 if "effnet_lite0_da_step_s" in r else None,
         "effnet_lite0_da_speedup_vs_vgg16": ratio(r.get("da_step_s"), r.get("effnet_lite0_da_step_s")),
