@@ -43,7 +43,10 @@ cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
 evcxr=$cargo_bin/evcxr_jupyter
 if ! { [ -x "$evcxr" ] && cargo install --list 2>/dev/null | grep -qx "evcxr_jupyter v$EVCXR_VERSION:"; }; then
   say "installing evcxr_jupyter $EVCXR_VERSION (cargo install --locked; 6–15 min on 2 cores, once)"
-  cargo install --locked "evcxr_jupyter@$EVCXR_VERSION"
+  # opt-level 2, not release's 3: it compiles beside the workspace on make run's 2 cores,
+  # and what runs long in it is rust-analyzer's start-up (a cold kernel's ≈ 17 s; README's
+  # set-up figures) and rustc, a program of its own.
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=2 cargo install --locked "evcxr_jupyter@$EVCXR_VERSION"
 fi
 [ -n "$evcxr_only" ] && exit 0
 cargo_dir=$(dirname "$(command -v cargo)")

@@ -67,6 +67,9 @@ struct RunArgs {
     /// passed (atomically); the tagged cells keep their recorded outputs.
     #[arg(long)]
     store: bool,
+    /// One kernel at a time: do not start the next notebook's kernel while this one runs.
+    #[arg(long)]
+    no_prestart: bool,
 }
 
 fn seconds(name: &str, secs: f64) -> Result<Duration, String> {
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
     }
     let opts = Options {
         store: args.store,
+        prestart: !args.no_prestart,
         mode,
         out_dir: args.out,
         kernel: args.kernel,

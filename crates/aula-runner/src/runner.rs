@@ -10,7 +10,7 @@
 //! inputs are read and their kernels found before anything runs, so bad input stops the
 //! run with nothing written.
 
-use crate::kernel::{self, ExecStatus, Kernel};
+use crate::kernel::{self, ExecStatus, Kernel, KernelError};
 use crate::kernelspec::{self, KernelSpec, KernelspecError};
 use crate::notebook::{self, Notebook, NotebookError};
 use serde_json::Value;
@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 
 /// Cells with one of these tags are not executed in `clase` and `check` modes.
 pub const SKIP_TAGS: [&str; 2] = ["no-ejecutar", "skip-execution"];
@@ -57,6 +58,9 @@ pub struct Options {
     /// instructor mode does, when every cell passed; the tagged cells, not run, keep
     /// their recorded outputs. For refreshing the notebooks after editing a cell.
     pub store: bool,
+    /// Start the next notebook's kernel while this one runs, at the lowest CPU priority
+    /// (evcxr's kernel takes ≈ 17 s of CPU to start; its start then overlaps the cells).
+    pub prestart: bool,
 }
 
 impl Default for Options {
@@ -70,6 +74,7 @@ impl Default for Options {
             html: true,
             continue_on_error: false,
             store: false,
+            prestart: true,
         }
     }
 }
@@ -422,17 +427,114 @@ pub fn run(
              or `make python-tools`, or set AULA_JUPYTER_PREFIX)",
         );
     }
+    // Each notebook's kernel, for the notebooks that run a cell.
+    let kernels: Vec<Option<(KernelSpec, PathBuf)>> = plans
+        .iter()
+        .map(|p| {
+            let runs_a_cell = p.notebook.cells().iter().any(|c| {
+                notebook::is_code(c) && skip_tag(c, opts.mode).is_none()
+            });
+            runs_a_cell.then(|| (p.spec.clone(), kernel::working_dir(&p.notebook.path)))
+        })
+        .collect();
+    let mut queue = KernelQueue::default();
     let mut reports = Vec::new();
-    for plan in plans {
-        let report = rt.block_on(run_notebook(plan, opts, nbconvert.as_deref(), obs));
+    for (i, plan) in plans.into_iter().enumerate() {
+        let next = match opts.prestart {
+            true => kernels.get(i + 1).cloned().flatten(),
+            false => None,
+        };
+        let report = rt.block_on(run_notebook(plan, next, &mut queue, opts, nbconvert.as_deref(), obs));
         obs.notebook_finished(&report);
         reports.push(report);
     }
+    rt.block_on(queue.finish());
     Ok(reports)
+}
+
+/// The tag that keeps a code cell from running in this mode, if any.
+fn skip_tag(cell: &Value, mode: Mode) -> Option<String> {
+    if mode == Mode::Instructor {
+        return None;
+    }
+    notebook::tags(cell)
+        .iter()
+        .find(|t| SKIP_TAGS.contains(t))
+        .map(|t| t.to_string())
+}
+
+/// The kernels of a run of several notebooks: the next notebook's kernel starts while the
+/// current one runs (at nice 19, so it takes only the CPU the cells leave idle), and a
+/// finished notebook's kernel shuts down while the next one runs.
+#[derive(Default)]
+struct KernelQueue {
+    ahead: Option<JoinHandle<Result<Kernel, KernelError>>>,
+    shutting_down: Vec<JoinHandle<()>>,
+}
+
+impl KernelQueue {
+    /// The notebook's kernel: the one started ahead of time when there is one, else a new
+    /// one. The next notebook's kernel (`next`) starts now, beside it.
+    async fn take(
+        &mut self,
+        spec: &KernelSpec,
+        cwd: &Path,
+        next: Option<(KernelSpec, PathBuf)>,
+        opts: &Options,
+        obs: &mut dyn Observer,
+    ) -> Result<Kernel, KernelError> {
+        let ahead = self.ahead.take();
+        self.start_ahead(next, opts.startup_timeout);
+        if let Some(ahead) = ahead {
+            match ahead.await {
+                Ok(Ok(k)) => {
+                    k.normal_priority();
+                    return Ok(k);
+                }
+                // At nice 19 beside a busy notebook a start can outlast the start-up
+                // timeout, which says nothing about the kernel: start it again, now.
+                Ok(Err(KernelError::StartTimeout { .. })) => obs.warning(&format!(
+                    "{}: the kernel started during the previous notebook was not ready in \
+                     time; starting another",
+                    cwd.display()
+                )),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => obs.warning(&format!("the kernel started ahead of time was lost: {e}")),
+            }
+        }
+        Kernel::start(spec, cwd, opts.startup_timeout).await
+    }
+
+    /// Starts the next notebook's kernel (on the runner's thread, as [`Kernel::start`] asks).
+    fn start_ahead(&mut self, next: Option<(KernelSpec, PathBuf)>, startup_timeout: Duration) {
+        if let Some((spec, cwd)) = next {
+            self.ahead = Some(tokio::spawn(async move {
+                Kernel::start_in_background(&spec, &cwd, startup_timeout).await
+            }));
+        }
+    }
+
+    fn retire(&mut self, kernel: Kernel) {
+        self.shutting_down.push(tokio::spawn(kernel.shutdown()));
+    }
+
+    /// Waits for the shutdowns; a kernel started ahead for nothing is shut down too.
+    async fn finish(mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            if let Ok(Ok(k)) = ahead.await {
+                k.shutdown().await;
+            }
+        }
+        for s in self.shutting_down {
+            let _ = s.await;
+        }
+    }
 }
 
 async fn run_notebook(
     plan: Plan,
+    next: Option<(KernelSpec, PathBuf)>,
+    queue: &mut KernelQueue,
     opts: &Options,
     nbconvert: Option<&Path>,
     obs: &mut dyn Observer,
@@ -462,18 +564,13 @@ async fn run_notebook(
     };
 
     // Which cells run.
-    let honour_tags = opts.mode != Mode::Instructor;
     let mut to_run = Vec::new();
     for (i, cell) in notebook.cells().iter().enumerate() {
         if !notebook::is_code(cell) {
             continue;
         }
-        let tagged = notebook::tags(cell)
-            .iter()
-            .find(|t| SKIP_TAGS.contains(t))
-            .map(|t| t.to_string());
-        match tagged {
-            Some(tag) if honour_tags => {
+        match skip_tag(cell, opts.mode) {
+            Some(tag) => {
                 report.skipped += 1;
                 let has_output = cell["outputs"].as_array().is_some_and(|o| !o.is_empty());
                 if opts.mode == Mode::Check && !has_output {
@@ -500,7 +597,7 @@ async fn run_notebook(
         obs.notebook_started(&notebook.path, &spec, to_run.len());
         let cwd = kernel::working_dir(&notebook.path);
         let t0 = Instant::now();
-        match Kernel::start(&spec, &cwd, opts.startup_timeout).await {
+        match queue.take(&spec, &cwd, next, opts, obs).await {
             Err(e) => {
                 report.failed += 1;
                 report.not_reached = to_run.len();
@@ -526,7 +623,7 @@ async fn run_notebook(
                     obs.warning(&format!("{}: {w}", notebook.path.display()));
                     report.warnings.push(w);
                 }
-                k.shutdown().await;
+                queue.retire(k);
             }
         }
     }

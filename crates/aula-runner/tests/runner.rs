@@ -698,3 +698,52 @@ fn a_kernel_that_lost_its_port_is_started_again_on_fresh_ports() {
         "{r}"
     );
 }
+
+#[test]
+fn the_next_notebook_s_kernel_starts_at_nice_19_while_this_one_runs() {
+    // A kernel that takes 4 s to start and notes the niceness it started at.
+    let f = Fixture::new();
+    let starts = f.path().join("starts");
+    let script = format!(
+        "import os, pathlib, runpy, sys, time\n\
+         with open({starts:?}, 'a') as s: s.write(f'{{os.nice(0)}}\\n')\n\
+         time.sleep(4)\n\
+         sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]\n\
+         runpy.run_module('ipykernel_launcher', run_name='__main__')\n",
+        starts = starts.display().to_string()
+    );
+    f.kernelspec(
+        "slow",
+        json!({"argv": [venv_python(), "-c", script, "{connection_file}"],
+               "display_name": "Slow", "language": "python"}),
+    );
+    let cell = "import os, time; time.sleep(7); print('nice', os.nice(0), 'euid', os.geteuid())";
+    f.notebook("a.ipynb", &notebook(vec![code(cell)]));
+    f.notebook("b.ipynb", &notebook(vec![code(cell)]));
+    let ready = |r: &Run| -> Vec<f64> {
+        r.stderr
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("kernel ready in "))
+            .map(|s| s.trim_end_matches('s').parse().unwrap())
+            .collect()
+    };
+
+    let r = f.run(&["clase", "a.ipynb", "b.ipynb", "--no-html", "--kernel", "slow"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let waited = ready(&r);
+    assert!(waited[0] >= 4.0, "a's kernel started cold: {r}");
+    assert!(waited[1] < 2.0, "b's kernel was ready when a ended: {r}");
+    let started_at = std::fs::read_to_string(&starts).unwrap();
+    assert_eq!(started_at, "0\n19\n", "a's kernel at nice 0, b's (started ahead) at 19");
+    // b's kernel runs at nice 0 once it is b's turn (when allowed to lower its niceness).
+    let b = std::fs::read_to_string(f.out().join("b.ipynb")).unwrap();
+    if b.contains("euid 0") {
+        assert!(b.contains("nice 0 euid"), "{b}");
+    }
+
+    std::fs::remove_file(&starts).unwrap();
+    let r = f.run(&["clase", "a.ipynb", "b.ipynb", "--no-html", "--kernel", "slow", "--no-prestart"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(ready(&r)[1] >= 4.0, "--no-prestart: b's kernel starts when a is done: {r}");
+    assert_eq!(std::fs::read_to_string(&starts).unwrap(), "0\n0\n");
+}

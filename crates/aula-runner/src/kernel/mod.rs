@@ -131,6 +131,14 @@ pub struct Kernel {
     pub warnings: Vec<String>,
 }
 
+/// The CPU priority a kernel starts at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Priority {
+    Normal,
+    /// nice 19: a kernel started ahead of time, while another notebook runs.
+    Lowest,
+}
+
 /// Start-ups tried when the kernel could not bind a port it was given.
 const START_ATTEMPTS: u32 = 3;
 
@@ -151,10 +159,30 @@ impl Kernel {
         cwd: &Path,
         startup_timeout: Duration,
     ) -> Result<Kernel, KernelError> {
+        Kernel::start_with(spec, cwd, startup_timeout, Priority::Normal).await
+    }
+
+    /// As [`Kernel::start`], at the lowest CPU priority (nice 19) for the kernel and
+    /// everything it starts: a kernel started ahead of time takes only the CPU that the
+    /// running notebook leaves idle. [`Kernel::normal_priority`] gives it back.
+    pub async fn start_in_background(
+        spec: &KernelSpec,
+        cwd: &Path,
+        startup_timeout: Duration,
+    ) -> Result<Kernel, KernelError> {
+        Kernel::start_with(spec, cwd, startup_timeout, Priority::Lowest).await
+    }
+
+    async fn start_with(
+        spec: &KernelSpec,
+        cwd: &Path,
+        startup_timeout: Duration,
+        priority: Priority,
+    ) -> Result<Kernel, KernelError> {
         let deadline = tokio::time::Instant::now() + startup_timeout;
         let mut attempt = 1;
         loop {
-            match Kernel::start_once(spec, cwd, startup_timeout, deadline).await {
+            match Kernel::start_once(spec, cwd, startup_timeout, deadline, priority).await {
                 // The ports are free when chosen but released before the kernel binds them
                 // (it must bind them itself); in that gap another process's outgoing
                 // connection can take one as its ephemeral port. jupyter_client has the same
@@ -174,6 +202,7 @@ impl Kernel {
         cwd: &Path,
         startup_timeout: Duration,
         deadline: tokio::time::Instant,
+        priority: Priority,
     ) -> Result<Kernel, KernelError> {
         let name = spec.name.clone();
         let setup = |message: String| KernelError::Setup {
@@ -233,9 +262,13 @@ impl Kernel {
             #[cfg(target_os = "linux")]
             // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     // If the runner dies (Ctrl-C, kill), the kernel goes with it.
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if priority == Priority::Lowest {
+                        // Inherited by everything the kernel starts.
+                        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+                    }
                     Ok(())
                 });
             }
@@ -638,6 +671,19 @@ impl Kernel {
         if let Ok(status) = self.child.wait().await {
             self.exit.get_or_insert(status);
         }
+    }
+
+    /// Back to the normal CPU priority (nice 0) for the kernel's whole process group, after
+    /// [`Kernel::start_in_background`]. Lowering a process's niceness needs privilege
+    /// (root, CAP_SYS_NICE or RLIMIT_NICE): without it the kernel stays at nice 19, which
+    /// slows it only while something else wants the CPU. Returns whether it took effect.
+    pub fn normal_priority(&self) -> bool {
+        #[cfg(unix)]
+        if let Some(pid) = self.pid {
+            // SAFETY: setpriority(2) on the process group this runner created for the kernel.
+            return unsafe { libc::setpriority(libc::PRIO_PGRP, pid as libc::id_t, 0) } == 0;
+        }
+        false
     }
 
     /// `shutdown_request` on control, a few seconds to exit, then a kill.
