@@ -43,12 +43,12 @@ cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
 evcxr=$cargo_bin/evcxr_jupyter
 if ! { [ -x "$evcxr" ] && cargo install --list 2>/dev/null | grep -qx "evcxr_jupyter v$EVCXR_VERSION:"; }; then
   say "installing evcxr_jupyter $EVCXR_VERSION (cargo install --locked; 6–15 min on 2 cores, once)"
-  # opt-level 1, not release's 3: it compiles on make run's critical path (2 cores, beside the
-  # workspace), and what runs long in it is rust-analyzer's start-up in a cold kernel (a
-  # spare from the pool has paid it). Measured on a 2-core AMD EPYC: the install took 623
-  # CPU-s at 1 and 718 at 2; a cold kernel was ready in 21.9 s at 1 and 19.1 s at 2 (medians
-  # of 3, interleaved; README's set-up figures).
-  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install --locked "evcxr_jupyter@$EVCXR_VERSION"
+  # opt-level 2, not release's 3: it compiles on make run's critical path (2 cores, beside the
+  # workspace). Not 1: on a 2-core AMD EPYC the install took 623 CPU-s at 1 and 718 at 2, but
+  # a cold kernel was ready in 21.9 s instead of 19.1 (medians of 3, interleaved), every
+  # notebook cell took 0.1-0.4 s longer (rust-analyzer reads each cell), and a fresh make run
+  # was no faster (21:28 vs 20:54; kernel/README.md).
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=2 cargo install --locked "evcxr_jupyter@$EVCXR_VERSION"
 fi
 [ -n "$evcxr_only" ] && exit 0
 cargo_dir=$(dirname "$(command -v cargo)")
