@@ -673,22 +673,15 @@ fn a_kernel_that_lost_its_port_is_started_again_on_fresh_ports() {
     // parallel). This kernel fails that way on its first start only.
     let f = Fixture::new();
     let marker = f.path().join("first-start-done");
-    let script = format!(
-        "import pathlib, runpy, sys\n\
-         marker = pathlib.Path({marker:?})\n\
+    let prelude = format!(
+        "marker = pathlib.Path({marker:?})\n\
          if not marker.exists():\n\
          \x20   marker.write_text('1')\n\
          \x20   print(\"zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:1')\", file=sys.stderr)\n\
-         \x20   sys.exit(1)\n\
-         sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]\n\
-         runpy.run_module('ipykernel_launcher', run_name='__main__')\n",
+         \x20   sys.exit(1)",
         marker = marker.display().to_string()
     );
-    f.kernelspec(
-        "unlucky",
-        json!({"argv": [venv_python(), "-c", script, "{connection_file}"],
-               "display_name": "Unlucky", "language": "python"}),
-    );
+    f.python_kernelspec_after("unlucky", &prelude);
     f.notebook("u.ipynb", &notebook(vec![code("print('ran')")]));
     let r = f.run(&["clase", "u.ipynb", "--no-html", "--kernel", "unlucky"]);
     assert!(marker.exists(), "the first start-up failed as planned: {r}");
@@ -704,19 +697,11 @@ fn the_next_notebook_s_kernel_starts_at_nice_19_while_this_one_runs() {
     // A kernel that takes 4 s to start and notes the niceness it started at.
     let f = Fixture::new();
     let starts = f.path().join("starts");
-    let script = format!(
-        "import os, pathlib, runpy, sys, time\n\
-         with open({starts:?}, 'a') as s: s.write(f'{{os.nice(0)}}\\n')\n\
-         time.sleep(4)\n\
-         sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]\n\
-         runpy.run_module('ipykernel_launcher', run_name='__main__')\n",
+    let prelude = format!(
+        "with open({starts:?}, 'a') as s: s.write(f'{{os.nice(0)}}\\n')\ntime.sleep(4)",
         starts = starts.display().to_string()
     );
-    f.kernelspec(
-        "slow",
-        json!({"argv": [venv_python(), "-c", script, "{connection_file}"],
-               "display_name": "Slow", "language": "python"}),
-    );
+    f.python_kernelspec_after("slow", &prelude);
     let cell = "import os, time; time.sleep(7); print('nice', os.nice(0), 'euid', os.geteuid())";
     f.notebook("a.ipynb", &notebook(vec![code(cell)]));
     f.notebook("b.ipynb", &notebook(vec![code(cell)]));

@@ -80,6 +80,21 @@ impl Fixture {
         .unwrap();
     }
 
+    /// Registers an ipykernel kernelspec that first runs `prelude` (Python, with `os`,
+    /// `pathlib`, `sys` and `time` imported): a kernel that misbehaves at start-up.
+    pub fn python_kernelspec_after(&self, name: &str, prelude: &str) {
+        let script = format!(
+            "import os, pathlib, runpy, sys, time\n{prelude}\n\
+             sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]\n\
+             runpy.run_module('ipykernel_launcher', run_name='__main__')\n"
+        );
+        self.kernelspec(
+            name,
+            json!({"argv": [venv_python(), "-c", script, "{connection_file}"],
+                   "display_name": name, "language": "python"}),
+        );
+    }
+
     /// Writes a notebook (relative path) and returns its path.
     pub fn notebook(&self, rel: &str, nb: &Value) -> PathBuf {
         self.write(rel, serde_json::to_string_pretty(nb).unwrap().as_bytes())
