@@ -56,8 +56,8 @@ setup-steps: system-deps libtorch build weight-sources weights python-tools evcx
 # What the notebooks need, and no more (make run, make lab, make render): the kernel, whose
 # aula converts the ImageNet weights while its template is built (kernel/install.sh), and
 # aula-runner, which links no libtorch. The aula command (the workspace, `make build`) would
-# compile aula's ≈ 170 dependencies a second time, with other flags than evcxr's: ≈ 280 CPU-s,
-# 2⅓ minutes of a fresh make run on 2 cores (kernel/README.md).
+# compile aula's ≈ 170 dependencies a second time, with other flags than evcxr's (≈ 280 CPU-s,
+# beside evcxr's install: a fresh make run took 19:14 with it, 18:59 without; README.md).
 setup-run:
 	@$(MAKE) --no-print-directory -j3 -Oline setup-run-steps
 setup-run-steps: system-deps libtorch runner weight-sources python-tools evcxr template
